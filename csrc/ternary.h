@@ -1,0 +1,136 @@
+// ternary-engine kernel API. Plain C++17, no Python headers.
+//
+// Conventions
+//   W      weights [N, K]: N output rows, K inputs (PyTorch Linear layout).
+//   q      int8 activations [M, K], one row per token, quantized per row (absmax).
+//   acc    int32 [M, N] = sum_k q[m, k] * w[n, k], computed WITHOUT multiplying by a weight:
+//          the ternary kernels select (+a / -a / skip) and add.
+//
+// Packed ternary formats (engine-native; the scalar packers in pack.cpp define them and every
+// ISA kernel reads exactly these bytes). Each packed row is zero-padded to whole blocks, and a
+// padded weight is 0, so padding never changes a result.
+//
+//   T2 (2 bits/weight): one 64-byte block (one cache line) per 256 weights of a row:
+//        bytes  0..31  plus masks : 4 little-endian uint64, sub-block s = 0..3
+//        bytes 32..63  minus masks: 4 little-endian uint64, sub-block s = 0..3
+//      bit j of plus[s] is 1  <=>  w[256*b + 64*s + j] == +1
+//      bit j of minus[s] is 1 <=>  w[256*b + 64*s + j] == -1
+//      A 64-bit mask selects the 64 int8 activations of one AVX-512 register (or 2 AVX2 / 4 NEON
+//      registers), so one cache line of weights feeds 4 registers of activations.
+//
+//   T1 (1.6 bits/weight): one 64-byte block per 320 weights of a row:
+//      byte j (0..63) = sum_{i=0..4} (w[320*b + 64*i + j] + 1) * 3^i     (value 0..242)
+//      Digit i of all 64 bytes of a block gives the 64 contiguous weights 64*i .. 64*i+63,
+//      so one decoded digit plane feeds one AVX-512 register of activations.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace ternary {
+
+constexpr int kT2BlockWeights = 256;
+constexpr int kT2BlockBytes = 64;
+constexpr int kT1BlockWeights = 320;
+constexpr int kT1BlockBytes = 64;
+constexpr int kT1DigitsPerByte = 5;
+
+struct BlockT2 {
+    uint64_t plus[4];   // bit j of plus[s]: weight 64*s + j of the block is +1
+    uint64_t minus[4];  // bit j of minus[s]: weight 64*s + j of the block is -1
+};
+static_assert(sizeof(BlockT2) == kT2BlockBytes, "T2 block is one cache line");
+static_assert(kT2BlockWeights * 2 / 8 == kT2BlockBytes, "T2 is 2 bits per weight");
+
+struct BlockT1 {
+    uint8_t trits[64];  // byte j: base-3 digits i = 0..4 are weights 64*i + j, stored as w + 1
+};
+static_assert(sizeof(BlockT1) == kT1BlockBytes, "T1 block is one cache line");
+static_assert(kT1BlockBytes * kT1DigitsPerByte == kT1BlockWeights, "5 weights per byte");
+static_assert(243 <= 256, "3^5 codes fit in a byte");
+
+enum class Format { T2 = 0, T1 = 1 };
+
+// Bytes of one packed row of k weights.
+size_t row_bytes(Format fmt, int64_t k);
+
+// ---- packing (pack.cpp, scalar, done once by the converter) ----
+// w: int8 [n, k] in {-1, 0, 1}; out: uint8 [n, row_bytes(fmt, k)]. Returns false if a weight is
+// outside {-1, 0, 1}.
+bool pack_rows(Format fmt, const int8_t* w, int64_t n, int64_t k, uint8_t* out);
+void unpack_rows(Format fmt, const uint8_t* packed, int64_t n, int64_t k, int8_t* out);
+
+// ---- per-ISA kernels: identical signatures, one table per ISA ----
+// Every kernel works on output rows [n0, n1) so the thread pool can split by rows.
+struct KernelTable {
+    const char* name;
+
+    // acc[m, n] (row stride ldc) for n in [n0, n1), m in [0, M).
+    // packed: rows of row_bytes(fmt, K) bytes; q: int8 [M, K] with row stride ldq >= K.
+    void (*ternary_t2)(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1,
+                       const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
+    void (*ternary_t1)(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1,
+                       const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
+
+    // out[m, n] = sum_k x[m, k] * float(w[n, k]); w is IEEE half [N, K] as uint16.
+    void (*f16_rows)(const uint16_t* w, int64_t K, int64_t n0, int64_t n1,
+                     const float* x, int64_t M, float* out, int64_t ldc);
+    // out[m, n] = row_scale[n] * sum_k x[m, k] * w[n, k]; w int8 [N, K].
+    void (*int8_rows)(const int8_t* w, const float* row_scale, int64_t K, int64_t n0, int64_t n1,
+                      const float* x, int64_t M, float* out, int64_t ldc);
+
+    // One row of absmax int8 quantization: scale = 127 / max(max|x|, 1e-5);
+    // q = clamp(rint(x * scale), -128, 127). Returns scale.
+    float (*quantize_row)(const float* x, int64_t K, int8_t* q);
+};
+
+const KernelTable& ref_kernels();
+#if defined(TERNARY_X86)
+const KernelTable& avx2_kernels();
+const KernelTable& avx512_kernels();
+#endif
+#if defined(TERNARY_NEON)
+const KernelTable& neon_kernels();
+#endif
+
+// ---- dispatch (dispatch.cpp) ----
+// Names of ISAs this CPU runs, best last ("ref" always first).
+const char* const* available_isas(int* count);
+// The active table: the best available, or TERNARY_ISA from the environment at first use.
+const KernelTable& active_kernels();
+// Select by name; returns false if that ISA is not available here.
+bool set_active_isa(const char* name);
+
+// ---- threads (threads.cpp): one persistent pool, work split by output rows ----
+int physical_cores();
+int num_threads();
+void set_num_threads(int n);
+// Runs fn(n0, n1) over [0, n) split into contiguous chunks whose starts are multiples of
+// `align`; small problems (n * cost_per_row below a threshold) run on the calling thread.
+// Chunks of a given call never overlap, so results do not depend on the thread count.
+template <typename Fn>
+void parallel_rows(int64_t n, int64_t align, int64_t cost_per_row, Fn&& fn);
+
+// ---- operations (ops.cpp): dispatched kernels plus threading ----
+void ternary_matmul_i32(Format fmt, const uint8_t* packed, int64_t N, int64_t K,
+                        const int8_t* q, int64_t M, int32_t* acc);
+// out[m, n] = acc[m, n] / act_scale[m] * weight_scale        (divide == false, BitNet)
+// out[m, n] = acc[m, n] / (act_scale[m] * weight_scale)      (divide == true, Llama bitlinear)
+void ternary_linear(Format fmt, const uint8_t* packed, int64_t N, int64_t K,
+                    const int8_t* q, const float* act_scale, int64_t M,
+                    float weight_scale, bool divide, float* out);
+void f16_linear(const uint16_t* w, int64_t N, int64_t K, const float* x, int64_t M, float* out);
+void int8_linear(const int8_t* w, const float* row_scale, int64_t N, int64_t K,
+                 const float* x, int64_t M, float* out);
+void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* act_scale);
+void rmsnorm_quantize_rows(const float* x, const float* weight, int64_t M, int64_t K, float eps,
+                           int8_t* q, float* act_scale);
+void rmsnorm(const float* x, const float* weight, int64_t M, int64_t K, float eps, float* out);
+// x [T, H, D] in place; cos/sin [T, D/2].
+void rope_neox(float* x, int64_t T, int64_t H, int64_t D, const float* cos, const float* sin);
+// q [T, Hq, D]; caches [Hkv, C, D]; out [T, Hq, D]. Query t sits at position pos0 + t.
+void attention(const float* q, int64_t T, int64_t Hq, int64_t D, const float* k_cache,
+               const float* v_cache, int64_t Hkv, int64_t C, int64_t pos0, float* out);
+
+}  // namespace ternary
+
+#include "threads_impl.h"

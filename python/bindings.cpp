@@ -1,0 +1,269 @@
+// pybind11 glue only: checks numpy buffers, releases the GIL, calls csrc/. No logic here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "ternary.h"
+
+namespace py = pybind11;
+using namespace ternary;
+
+namespace {
+
+template <typename T>
+const char* dtype_name() {
+    if (std::is_same_v<T, float>) return "float32";
+    if (std::is_same_v<T, int8_t>) return "int8";
+    if (std::is_same_v<T, uint8_t>) return "uint8";
+    if (std::is_same_v<T, int32_t>) return "int32";
+    return "float16";  // uint16_t carries IEEE half
+}
+
+std::string shape_str(const py::array& a) {
+    std::ostringstream s;
+    s << "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
+    s << (a.ndim() == 1 ? ",)" : ")");
+    return s.str();
+}
+
+// Checks dtype (TypeError), rank, C-contiguity and the dims given as >= 0 (ValueError).
+// T = uint16_t means float16.
+template <typename T>
+void check(const py::array& a, const char* name, std::vector<int64_t> dims, bool writable = false) {
+    const bool dtype_ok = std::is_same_v<T, uint16_t> ? a.dtype().is(py::dtype("float16"))
+                                                      : a.dtype().is(py::dtype::of<T>());
+    if (!dtype_ok)
+        throw py::type_error(std::string(name) + ": expected dtype " + dtype_name<T>() + ", got " +
+                             std::string(py::str(a.dtype())));
+    if (a.ndim() != py::ssize_t(dims.size()))
+        throw py::value_error(std::string(name) + ": expected " + std::to_string(dims.size()) +
+                              "-d array, got shape " + shape_str(a));
+    for (size_t i = 0; i < dims.size(); ++i) {
+        if (dims[i] >= 0 && a.shape(py::ssize_t(i)) != dims[i]) {
+            std::ostringstream s;
+            s << name << ": expected dim " << i << " = " << dims[i] << ", got shape " << shape_str(a);
+            throw py::value_error(s.str());
+        }
+    }
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+    if (writable && !a.writeable())
+        throw py::value_error(std::string(name) + ": expected a writable array");
+}
+
+Format parse_format(const std::string& fmt) {
+    if (fmt == "t2") return Format::T2;
+    if (fmt == "t1") return Format::T1;
+    throw py::value_error("unknown ternary format '" + fmt + "' (expected 't2' or 't1')");
+}
+
+template <typename T>
+T* mut(py::array& a) { return static_cast<T*>(a.mutable_data()); }
+template <typename T>
+const T* cst(const py::array& a) { return static_cast<const T*>(a.data()); }
+
+// Returns `out` checked, or a fresh float32 array of the given shape.
+py::array float_out(py::object out, std::vector<int64_t> dims, const char* name = "out") {
+    if (out.is_none()) return py::array_t<float>(std::vector<py::ssize_t>(dims.begin(), dims.end()));
+    py::array a = py::reinterpret_borrow<py::array>(out);
+    check<float>(a, name, dims, true);
+    return a;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_kernels, m) {
+    m.doc() = "ternary-engine C++ kernels (see docs/CONTRACTS.md for the API)";
+
+    m.def("available_isas", [] {
+        int n;
+        const char* const* names = available_isas(&n);
+        return std::vector<std::string>(names, names + n);
+    });
+    m.def("active_isa", [] { return std::string(active_kernels().name); });
+    m.def("set_isa", [](const std::string& name) {
+        if (!set_active_isa(name.c_str())) throw py::value_error("ISA '" + name + "' is not available on this CPU");
+    });
+    m.def("threads", [] { return num_threads(); });
+    m.def("set_threads", [](int n) {
+        if (n < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(n));
+        py::gil_scoped_release nogil;
+        set_num_threads(n);
+    });
+    m.def("physical_cores", [] { return physical_cores(); });
+
+    m.def("row_bytes", [](const std::string& fmt, int64_t k) {
+        if (k < 1) throw py::value_error("k must be >= 1");
+        return int64_t(row_bytes(parse_format(fmt), k));
+    });
+    m.def("pack", [](const std::string& fmt, py::array w) {
+        const Format f = parse_format(fmt);
+        check<int8_t>(w, "w", {-1, -1});
+        const int64_t n = w.shape(0), k = w.shape(1);
+        if (k < 1) throw py::value_error("w: K must be >= 1");
+        py::array_t<uint8_t> out({py::ssize_t(n), py::ssize_t(row_bytes(f, k))});
+        bool ok;
+        {
+            py::gil_scoped_release nogil;
+            ok = pack_rows(f, cst<int8_t>(w), n, k, out.mutable_data());
+        }
+        if (!ok) throw py::value_error("w: ternary weights must be in {-1, 0, 1}");
+        return out;
+    });
+    m.def("unpack", [](const std::string& fmt, py::array packed, int64_t k) {
+        const Format f = parse_format(fmt);
+        if (k < 1) throw py::value_error("k must be >= 1");
+        check<uint8_t>(packed, "packed", {-1, int64_t(row_bytes(f, k))});
+        const int64_t n = packed.shape(0);
+        py::array_t<int8_t> out({py::ssize_t(n), py::ssize_t(k)});
+        py::gil_scoped_release nogil;
+        unpack_rows(f, cst<uint8_t>(packed), n, k, out.mutable_data());
+        return out;
+    });
+
+    m.def("quantize_rows", [](py::array x) {
+        check<float>(x, "x", {-1, -1});
+        const int64_t M = x.shape(0), K = x.shape(1);
+        py::array_t<int8_t> q({M, K});
+        py::array_t<float> s(M);
+        {
+            py::gil_scoped_release nogil;
+            quantize_rows(cst<float>(x), M, K, q.mutable_data(), s.mutable_data());
+        }
+        return py::make_tuple(q, s);
+    });
+    m.def(
+        "rmsnorm_quantize_rows",
+        [](py::array x, py::array weight, float eps, py::object q_out, py::object s_out) {
+            check<float>(x, "x", {-1, -1});
+            const int64_t M = x.shape(0), K = x.shape(1);
+            check<float>(weight, "weight", {K});
+            py::array q = q_out.is_none() ? py::array(py::array_t<int8_t>({M, K}))
+                                          : py::reinterpret_borrow<py::array>(q_out);
+            check<int8_t>(q, "q", {M, K}, true);
+            py::array s = float_out(s_out, {M}, "act_scale");
+            {
+                py::gil_scoped_release nogil;
+                rmsnorm_quantize_rows(cst<float>(x), cst<float>(weight), M, K, eps, mut<int8_t>(q),
+                                      mut<float>(s));
+            }
+            return py::make_tuple(q, s);
+        },
+        py::arg("x"), py::arg("weight"), py::arg("eps"), py::arg("q") = py::none(),
+        py::arg("act_scale") = py::none());
+
+    m.def("ternary_matmul_i32", [](const std::string& fmt, py::array packed, int64_t k, py::array q) {
+        const Format f = parse_format(fmt);
+        if (k < 1) throw py::value_error("k must be >= 1");
+        check<uint8_t>(packed, "packed", {-1, int64_t(row_bytes(f, k))});
+        check<int8_t>(q, "q", {-1, k});
+        const int64_t N = packed.shape(0), M = q.shape(0);
+        py::array_t<int32_t> acc({M, N});
+        py::gil_scoped_release nogil;
+        ternary_matmul_i32(f, cst<uint8_t>(packed), N, k, cst<int8_t>(q), M, acc.mutable_data());
+        return acc;
+    });
+    m.def(
+        "ternary_linear",
+        [](const std::string& fmt, py::array packed, int64_t k, py::array q, py::array act_scale,
+           float weight_scale, bool divide, py::object out) {
+            const Format f = parse_format(fmt);
+            if (k < 1) throw py::value_error("k must be >= 1");
+            check<uint8_t>(packed, "packed", {-1, int64_t(row_bytes(f, k))});
+            check<int8_t>(q, "q", {-1, k});
+            const int64_t N = packed.shape(0), M = q.shape(0);
+            check<float>(act_scale, "act_scale", {M});
+            py::array o = float_out(out, {M, N});
+            {
+                py::gil_scoped_release nogil;
+                ternary_linear(f, cst<uint8_t>(packed), N, k, cst<int8_t>(q), cst<float>(act_scale),
+                               M, weight_scale, divide, mut<float>(o));
+            }
+            return o;
+        },
+        py::arg("fmt"), py::arg("packed"), py::arg("k"), py::arg("q"), py::arg("act_scale"),
+        py::arg("weight_scale"), py::arg("divide") = false, py::arg("out") = py::none());
+
+    m.def(
+        "f16_linear",
+        [](py::array w, py::array x, py::object out) {
+            check<uint16_t>(w, "w", {-1, -1});
+            const int64_t N = w.shape(0), K = w.shape(1);
+            check<float>(x, "x", {-1, K});
+            const int64_t M = x.shape(0);
+            py::array o = float_out(out, {M, N});
+            {
+                py::gil_scoped_release nogil;
+                f16_linear(cst<uint16_t>(w), N, K, cst<float>(x), M, mut<float>(o));
+            }
+            return o;
+        },
+        py::arg("w"), py::arg("x"), py::arg("out") = py::none());
+    m.def(
+        "int8_linear",
+        [](py::array w, py::array row_scale, py::array x, py::object out) {
+            check<int8_t>(w, "w", {-1, -1});
+            const int64_t N = w.shape(0), K = w.shape(1);
+            check<float>(row_scale, "row_scale", {N});
+            check<float>(x, "x", {-1, K});
+            const int64_t M = x.shape(0);
+            py::array o = float_out(out, {M, N});
+            {
+                py::gil_scoped_release nogil;
+                int8_linear(cst<int8_t>(w), cst<float>(row_scale), N, K, cst<float>(x), M, mut<float>(o));
+            }
+            return o;
+        },
+        py::arg("w"), py::arg("row_scale"), py::arg("x"), py::arg("out") = py::none());
+
+    m.def(
+        "rmsnorm",
+        [](py::array x, py::array weight, float eps, py::object out) {
+            check<float>(x, "x", {-1, -1});
+            const int64_t M = x.shape(0), K = x.shape(1);
+            check<float>(weight, "weight", {K});
+            py::array o = float_out(out, {M, K});
+            {
+                py::gil_scoped_release nogil;
+                rmsnorm(cst<float>(x), cst<float>(weight), M, K, eps, mut<float>(o));
+            }
+            return o;
+        },
+        py::arg("x"), py::arg("weight"), py::arg("eps"), py::arg("out") = py::none());
+    m.def("rope_neox", [](py::array x, py::array cos, py::array sin) {
+        check<float>(x, "x", {-1, -1, -1}, true);
+        const int64_t T = x.shape(0), H = x.shape(1), D = x.shape(2);
+        if (D % 2) throw py::value_error("x: head_dim must be even for NeoX rope");
+        check<float>(cos, "cos", {T, D / 2});
+        check<float>(sin, "sin", {T, D / 2});
+        py::gil_scoped_release nogil;
+        rope_neox(mut<float>(x), T, H, D, cst<float>(cos), cst<float>(sin));
+    });
+    m.def(
+        "attention",
+        [](py::array q, py::array k_cache, py::array v_cache, int64_t pos0, py::object out) {
+            check<float>(q, "q", {-1, -1, -1});
+            const int64_t T = q.shape(0), Hq = q.shape(1), D = q.shape(2);
+            check<float>(k_cache, "k_cache", {-1, -1, D});
+            const int64_t Hkv = k_cache.shape(0), C = k_cache.shape(1);
+            check<float>(v_cache, "v_cache", {Hkv, C, D});
+            if (Hkv < 1 || Hq % Hkv) throw py::value_error("q heads must be a multiple of kv heads");
+            if (pos0 < 0 || pos0 + T > C)
+                throw py::value_error("attention: positions " + std::to_string(pos0) + ".." +
+                                      std::to_string(pos0 + T) + " exceed the cache (" +
+                                      std::to_string(C) + ")");
+            py::array o = float_out(out, {T, Hq, D});
+            {
+                py::gil_scoped_release nogil;
+                attention(cst<float>(q), T, Hq, D, cst<float>(k_cache), cst<float>(v_cache), Hkv, C,
+                          pos0, mut<float>(o));
+            }
+            return o;
+        },
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"), py::arg("out") = py::none());
+}
