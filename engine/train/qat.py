@@ -90,8 +90,9 @@ CONFIGS = {
              dict(seq_len=32, batch_size=4, tokens=4096)),
     "tiny": (dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=2,
                   num_kv_heads=2, head_dim=64), dict(tokens=2_000_000)),
-    "small": (dict(hidden_size=384, intermediate_size=1024, num_layers=6, num_heads=6,
-                   num_kv_heads=6, head_dim=64), dict(tokens=6_000_000)),
+    # the shipped model: sized by measured 1-thread training speed (docs/training.md)
+    "small": (dict(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
+                   num_kv_heads=4, head_dim=64), dict(tokens=5_000_000)),
 }
 
 
@@ -486,7 +487,7 @@ def corpus_streams(corpus: Path, vocab: int):
 
 
 def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: bool = False,
-          max_seconds: float | None = None, log=print) -> dict:
+          max_seconds: float | None = None, log=print, export: bool = True) -> dict:
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     tok_path, train_stream, val_stream = corpus_streams(corpus, mc.vocab_size)
@@ -503,6 +504,7 @@ def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: boo
         opt.load_state_dict(ck["optim"])
         step, tokens, elapsed = ck["step"], ck["tokens"], ck["elapsed"]
         _set_rng_state(ck["rng"])
+        loss_state = ck["extra"].get("loss_window", (0.0, 0, 0))
         log(f"resumed at step {step} ({tokens} tokens)")
         # drop log rows written after the checkpoint, so the CSV stays consistent
         if csv_path.exists():
@@ -513,7 +515,7 @@ def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: boo
     elif ckpt.exists():
         raise SystemExit(f"{ckpt} exists: pass --resume or use another --out")
     else:
-        torch.manual_seed(tc.seed)
+        loss_state = (0.0, 0, 0)
         with csv_path.open("w", newline="") as f:
             csv.writer(f).writerow(["step", "tokens", "elapsed_s", "lr", "train_loss", "val_loss",
                                     "tok_per_s"])
@@ -528,7 +530,8 @@ def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: boo
     t_last_eval = t_last_ckpt = time.time()
     t0 = time.time() - elapsed
     run_start = time.time()
-    loss_acc, n_acc, tok_window, t_window = 0.0, 0, 0, time.time()
+    loss_acc, n_acc, tok_window = loss_state
+    t_window = time.time()
     stopped = False
     while step < total_steps:
         lr, wd = lr_wd_at(step, total_steps, tc, peak)
@@ -561,11 +564,12 @@ def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: boo
                 f"val {vl:.4f} (ppl {math.exp(vl):.2f}) {tps:.0f} tok/s")
             loss_acc, n_acc, tok_window, t_window = 0.0, 0, 0, time.time()
             t_last_eval = time.time()
-        if time.time() - t_last_ckpt >= tc.ckpt_every_s or last:
-            save_checkpoint(ckpt, model, opt, step, tokens, time.time() - t0, mc, tc)
+        stop = max_seconds is not None and time.time() - run_start > max_seconds and not last
+        if time.time() - t_last_ckpt >= tc.ckpt_every_s or last or stop:
+            save_checkpoint(ckpt, model, opt, step, tokens, time.time() - t0, mc, tc,
+                            extra={"loss_window": (loss_acc, n_acc, tok_window)})
             t_last_ckpt = time.time()
-        if max_seconds is not None and time.time() - run_start > max_seconds and not last:
-            save_checkpoint(ckpt, model, opt, step, tokens, time.time() - t0, mc, tc)
+        if stop:
             stopped = True
             break
     result = {"step": step, "tokens": tokens, "elapsed_s": time.time() - t0, "finished": not stopped}
@@ -573,11 +577,12 @@ def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: boo
         vl, n = evaluate(model, val_stream, tc.seq_len)
         result.update(val_loss=vl, val_ppl=math.exp(vl), val_tokens=n,
                       params_embedding=emb, params_body=body)
-        hf = export_hf(model, out / "hf", tok_path)
-        result["hf_dir"] = str(hf)
-        tpk = export_tpk(hf, out / "model.tpk")
-        if tpk is not None:
-            result["tpk"] = str(tpk)
+        if export:
+            hf = export_hf(model, out / "hf", tok_path)
+            result["hf_dir"] = str(hf)
+            tpk = export_tpk(hf, out / "model.tpk")
+            if tpk is not None:
+                result["tpk"] = str(tpk)
         (out / "final.json").write_text(json.dumps(result, indent=1))
         log(f"final val loss {vl:.4f} ppl {math.exp(vl):.3f} over {n} tokens -> {out}")
     return result
