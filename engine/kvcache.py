@@ -41,6 +41,10 @@ class KVCache:
         """Store k, v: f32 [T, Hkv, D] of positions pos .. pos + T - 1."""
         t = k.shape[0]
         self.check_span(pos, t)
+        if t == 1:  # decode: the cheapest indexing (this runs once per layer per token)
+            self.k[layer, :, pos] = k[0]
+            self.v[layer, :, pos] = v[0]
+            return
         # (T, Hkv, D) -> (Hkv, T, D): a strided copy into the cache, no temporary.
         self.k[layer, :, pos:pos + t].transpose(1, 0, 2)[...] = k
         self.v[layer, :, pos:pos + t].transpose(1, 0, 2)[...] = v

@@ -1,0 +1,251 @@
+"""The transformer forward pass over a .tpk (llama2.c / gpt-fast style: one file, explicit state).
+
+Graphs (selected by config fields, docs/CONTRACTS.md):
+  BitNet (transformers models/bitnet/modeling_bitnet.py, integrations/bitnet.py AutoBitLinear):
+    x += o( attn_sub_norm( attention( rope(q(n)), rope(k(n)), v(n) ) ) ),  n = attn_norm(x)
+    x += down( ffn_sub_norm( relu(gate(n))**2 * up(n) ) ),                  n = ffn_norm(x)
+    ternary linear: y = int8(x) @ W.T / act_scale * weight_scale          (scale_mode "mul")
+  Llama + BitLinear (integrations/bitnet.py BitLinear.post_quant_process): no sub-norms, silu,
+    y = int8(x) @ W.T / (act_scale * weight_scale)                          (scale_mode "div");
+    with quantization_config use_rms_norm every projection first applies its own RMSNorm
+    (`<proj>.in_norm`, eps proj_norm_eps; BitLinear.rms_norm is a LlamaRMSNorm).
+  Plain Llama (weight_format "f16"): the same graph with f16 weights through kernels.f16_linear.
+RMSNorm is float32 throughout (BitNetRMSNorm: hidden.to(float32) * rsqrt(mean(h^2) + eps),
+then weight * hidden.to(input_dtype); our activations are float32, so no cast is lost).
+Activations stay float32 between kernels; every linear is one kernel call writing into a
+preallocated buffer. Prefill runs T tokens per call (GEMM), decode one (GEMV).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from engine import kernels as K
+from engine.kvcache import KVCache
+
+DEFAULT_CTX = 4096     # when neither ctx nor a smaller max_position is given
+PREFILL_CHUNK = 256    # prompt tokens per batched pass: bounds activation memory
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    architecture: str      # "bitnet" | "llama"
+    dim: int               # hidden_size
+    ffn_dim: int           # intermediate_size
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position: int
+    norm_eps: float        # rms_norm_eps
+    rope_theta: float
+    hidden_act: str        # "relu2" | "silu"
+    sub_norms: bool
+    weight_format: str     # "t2" | "t1" | "f16"
+    scale_mode: str        # "mul" | "div"
+    proj_norm_eps: float | None
+
+    @classmethod
+    def from_config(cls, c: dict) -> "ModelArgs":
+        a = cls(c["architecture"], c["hidden_size"], c["intermediate_size"], c["num_layers"],
+                c["num_heads"], c["num_kv_heads"], c["head_dim"], c["vocab_size"], c["max_position"],
+                float(c["rms_norm_eps"]), float(c["rope_theta"]), c["hidden_act"], bool(c["sub_norms"]),
+                c["weight_format"], c.get("scale_mode", "mul"), c.get("proj_norm_eps"))
+        if a.hidden_act not in ("relu2", "silu") or a.weight_format not in ("t2", "t1", "f16"):
+            raise ValueError(f"unsupported hidden_act {a.hidden_act!r} / weight_format {a.weight_format!r}")
+        if a.n_heads % a.n_kv_heads or a.head_dim % 2 or c.get("rope_style", "neox") != "neox":
+            raise ValueError("need num_heads % num_kv_heads == 0, even head_dim and rope_style 'neox'")
+        return a
+
+
+def rope_tables(head_dim: int, theta: float, ctx: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin: f32 [ctx, head_dim/2] as transformers' default RoPE computes them
+    (BitNetRotaryEmbedding.compute_default_rope_parameters and .forward):
+    inv_freq = 1 / theta ** (arange(0, D, 2) / D) in float32 (the pow is correctly rounded,
+    as torch's is), freqs = float32(pos) * inv_freq in float32, then cos/sin. cat(freqs, freqs)
+    there repeats the same half, hence D/2 columns here."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    inv_freq = np.float32(1.0) / (np.float64(theta) ** exponent.astype(np.float64)).astype(np.float32)
+    freqs = np.arange(ctx, dtype=np.float32)[:, None] * inv_freq[None, :]  # (ctx, D/2) f32
+    return (np.cos(freqs.astype(np.float64)).astype(np.float32),
+            np.sin(freqs.astype(np.float64)).astype(np.float32))
+
+
+class Linear:
+    """One projection: packed ternary weight + scalar scale, or an f16 weight; optional in_norm."""
+
+    def __init__(self, t: dict, name: str, k: int, a: ModelArgs):
+        self.weight = t[name + ".weight"]       # u8 [N, row_bytes] or f16 [N, K]
+        self.k = k
+        self.scale = float(t[name + ".scale"][0]) if a.weight_format != "f16" else 1.0
+        self.in_norm = t.get(name + ".in_norm")  # f32 [K] or None
+
+
+class Layer:
+    def __init__(self, t: dict, i: int, a: ModelArgs):
+        p = f"layers.{i}."
+        qd = a.n_heads * a.head_dim
+        self.attn_norm, self.ffn_norm = t[p + "attn_norm"], t[p + "ffn_norm"]       # f32 [dim]
+        self.q, self.k, self.v = (Linear(t, p + f"attn.{n}", a.dim, a) for n in "qkv")
+        self.o = Linear(t, p + "attn.o", qd, a)
+        self.gate, self.up = (Linear(t, p + f"mlp.{n}", a.dim, a) for n in ("gate", "up"))
+        self.down = Linear(t, p + "mlp.down", a.ffn_dim, a)
+        self.attn_sub_norm = t[p + "attn.sub_norm"] if a.sub_norms else None      # f32 [dim]
+        self.mlp_sub_norm = t[p + "mlp.sub_norm"] if a.sub_norms else None        # f32 [ffn_dim]
+
+
+def make_buffers(a: ModelArgs, t: int) -> SimpleNamespace:
+    f = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    qd, kvd = a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
+    b = SimpleNamespace(
+        h=f(t, a.dim),                         # (T, dim) residual stream
+        q=f(t, qd), k=f(t, kvd), v=f(t, kvd),  # (T, Hq*D), (T, Hkv*D)
+        att=f(t, a.n_heads, a.head_dim),       # (T, Hq, D) attention output
+        o=f(t, a.dim),                         # (T, dim) o_proj / down_proj output
+        gate=f(t, a.ffn_dim), up=f(t, a.ffn_dim), tmp=f(t, a.ffn_dim),  # (T, ffn_dim)
+        norm={d: f(t, d) for d in {a.dim, qd, a.ffn_dim}},              # (T, d) rmsnorm outputs
+        qi8={d: np.zeros((t, d), np.int8) for d in {a.dim, qd, a.ffn_dim}},  # (T, d) int8 acts
+        act_scale=f(t),                        # (T,)
+    )
+    return b
+
+
+def rows(b: SimpleNamespace, t: int) -> SimpleNamespace:
+    """The first t rows of every buffer (views: leading rows stay C-contiguous)."""
+    return SimpleNamespace(**{k: ({d: x[:t] for d, x in v.items()} if isinstance(v, dict) else v[:t])
+                              for k, v in vars(b).items()})
+
+
+class Model:
+    def __init__(self, tpk, threads: int | None = None, ctx: int | None = None):
+        if isinstance(tpk, (str, os.PathLike)):
+            from engine import tpk as tpk_module
+            tpk = tpk_module.read(tpk)
+        self.tpk = tpk
+        t = tpk.tensors
+        self.args = a = ModelArgs.from_config(tpk.config)
+        if threads:
+            K.set_threads(int(threads))
+        self.ctx = int(ctx or min(a.max_position, DEFAULT_CTX))
+        self.embed = t["embed"]                                          # f16/f32 [vocab, dim]
+        self.layers = [Layer(t, i, a) for i in range(a.n_layers)]
+        self.norm = t["norm"]                                            # f32 [dim]
+        if "lm_head.weight" in t:
+            self.head, self.head_scale = t["lm_head.weight"], t.get("lm_head.scale")  # [vocab, dim]
+        elif self.embed.dtype == np.float16:
+            self.head, self.head_scale = self.embed, None                # tied
+        else:
+            raise ValueError("tied head needs an f16 embed or an lm_head.weight tensor")
+        self.cos, self.sin = rope_tables(a.head_dim, a.rope_theta, self.ctx)  # f32 [ctx, D/2]
+        self.cache = KVCache(a.n_layers, a.n_kv_heads, self.ctx, a.head_dim)
+        self.ternary, self.divide = a.weight_format != "f16", a.scale_mode == "div"
+        self.buf1 = make_buffers(a, 1)                                   # decode: T = 1
+        self.bufn = None                                                 # prefill, made on first use
+        self.logits1 = np.zeros((1, a.vocab_size), np.float32)          # (1, vocab)
+
+    # -- one batch of T tokens at positions pos .. pos + T - 1 --------------------------------
+    def _project(self, x, norm, linears, outs, b):
+        """outs[i] = linears[i](rmsnorm(x, norm)) (norm None: x itself). x: f32 [T, Kin]."""
+        a, d = self.args, x.shape[1]
+        if not self.ternary:
+            if norm is not None:
+                x = K.rmsnorm(x, norm, a.norm_eps, out=b.norm[d])
+            for lin, out in zip(linears, outs):
+                K.f16_linear(lin.weight, x, out=out)
+            return
+        if a.proj_norm_eps is not None:  # per-projection RMSNorm, then quantize (BitLinear.forward)
+            if norm is not None:
+                x = K.rmsnorm(x, norm, a.norm_eps, out=b.norm[d])
+            for lin, out in zip(linears, outs):
+                q, s = K.rmsnorm_quantize_rows(x, lin.in_norm, a.proj_norm_eps, q=b.qi8[d], act_scale=b.act_scale)
+                K.ternary_linear(a.weight_format, lin.weight, lin.k, q, s, lin.scale, self.divide, out=out)
+            return
+        if norm is not None:  # fused rmsnorm + absmax int8 quantization, shared by q/k/v and gate/up
+            q, s = K.rmsnorm_quantize_rows(x, norm, a.norm_eps, q=b.qi8[d], act_scale=b.act_scale)
+        else:
+            q, s = K.quantize_rows(x)
+        for lin, out in zip(linears, outs):
+            K.ternary_linear(a.weight_format, lin.weight, lin.k, q, s, lin.scale, self.divide, out=out)
+
+    def _layers(self, b, pos: int, t: int) -> None:
+        a = self.args
+        cos, sin = self.cos[pos:pos + t], self.sin[pos:pos + t]          # (T, D/2)
+        q3 = b.q.reshape(t, a.n_heads, a.head_dim)                       # (T, Hq, D) views
+        k3 = b.k.reshape(t, a.n_kv_heads, a.head_dim)                    # (T, Hkv, D)
+        v3 = b.v.reshape(t, a.n_kv_heads, a.head_dim)
+        att2 = b.att.reshape(t, a.n_heads * a.head_dim)                  # (T, Hq*D)
+        for i, L in enumerate(self.layers):
+            self._project(b.h, L.attn_norm, (L.q, L.k, L.v), (b.q, b.k, b.v), b)
+            K.rope_neox(q3, cos, sin)
+            K.rope_neox(k3, cos, sin)
+            self.cache.update(i, pos, k3, v3)
+            K.attention(q3, self.cache.k[i], self.cache.v[i], pos, out=b.att)
+            self._project(att2, L.attn_sub_norm, (L.o,), (b.o,), b)
+            b.h += b.o
+            self._project(b.h, L.ffn_norm, (L.gate, L.up), (b.gate, b.up), b)
+            if a.hidden_act == "relu2":                                  # relu(g)**2 * u
+                np.maximum(b.gate, 0, out=b.gate)
+                np.multiply(b.gate, b.gate, out=b.gate)
+            else:                                                        # silu(g) * u = g / (1 + e^-g) * u
+                np.negative(b.gate, out=b.tmp)
+                np.exp(b.tmp, out=b.tmp)
+                b.tmp += 1
+                np.divide(b.gate, b.tmp, out=b.gate)
+            b.gate *= b.up
+            self._project(b.gate, L.mlp_sub_norm, (L.down,), (b.o,), b)
+            b.h += b.o
+
+    def _head(self, h, out, b) -> None:
+        """out f32 [T, vocab] = lm_head(rmsnorm(h)), h f32 [T, dim]."""
+        x = K.rmsnorm(h, self.norm, self.args.norm_eps, out=b.norm[self.args.dim][:h.shape[0]])
+        if self.head_scale is not None:
+            K.int8_linear(self.head, self.head_scale, x, out=out)
+        else:
+            K.f16_linear(self.head, x, out=out)
+
+    # -- public ------------------------------------------------------------------------------
+    def step(self, token: int, pos: int) -> np.ndarray:
+        """Decode one token at position pos -> f32 [vocab] (a reused buffer: valid until the
+        next call). The hot loop: no numpy allocation besides kernel-returned int8 activations."""
+        b = self.buf1
+        if not 0 <= token < self.args.vocab_size:
+            raise ValueError(f"token id {token} out of range [0, {self.args.vocab_size})")
+        self.cache.check_span(pos, 1)
+        b.h[0] = self.embed[token]
+        with np.errstate(over="ignore"):
+            self._layers(b, pos, 1)
+        self._head(b.h, self.logits1, b)
+        return self.logits1[0]
+
+    def forward(self, ids, start_pos: int = 0, last_only: bool = False) -> np.ndarray:
+        """Logits f32 [T, vocab] for ids at positions start_pos .. start_pos + T - 1 (new array),
+        or f32 [1, vocab] for the last one only. Fills the KV cache at those positions."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        t = ids.shape[0]
+        a = self.args
+        if t == 0:
+            raise ValueError("forward needs at least one token")
+        if ids.min() < 0 or ids.max() >= a.vocab_size:
+            raise ValueError(f"token ids must be in [0, {a.vocab_size})")
+        self.cache.check_span(start_pos, t)
+        if t == 1:
+            return self.step(int(ids[0]), start_pos)[None].copy()
+        if self.bufn is None:
+            self.bufn = make_buffers(a, min(PREFILL_CHUNK, self.ctx))
+        logits = np.empty((1 if last_only else t, a.vocab_size), np.float32)
+        n = self.bufn.h.shape[0]
+        for c0 in range(0, t, n):
+            c1 = min(c0 + n, t)
+            b = rows(self.bufn, c1 - c0)
+            b.h[:] = self.embed[ids[c0:c1]]
+            with np.errstate(over="ignore"):
+                self._layers(b, start_pos + c0, c1 - c0)
+            if not last_only:
+                self._head(b.h, logits[c0:c1], b)
+            elif c1 == t:
+                self._head(b.h[-1:], logits, b)
+        return logits

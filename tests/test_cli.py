@@ -1,0 +1,103 @@
+"""ternary-run: streams text, prints a summary, and turns every user error into one line + exit 2."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from tiny_models import write_tiny  # noqa: E402
+
+import engine  # noqa: E402
+from engine.cli import run_main  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(write_tiny(tmp_path_factory.mktemp("cli") / "m.tpk"))
+
+
+def run(capsys, *argv):
+    code = run_main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    return len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
+
+
+def test_generates_and_summarizes(capsys, model):
+    code, out, err = run(capsys, model, "Once upon a time", "-n", "12", "--seed", "3")
+    assert code == 0
+    assert out.startswith("Once upon a time") and len(out) > len("Once upon a time\n")
+    assert "load" in err and "prompt" in err and "generation 12 tok" in err and "tok/s" in err
+    code2, out2, _ = run(capsys, model, "Once upon a time", "-n", "12", "--seed", "3")
+    assert out2 == out
+    code3, out3, _ = run(capsys, model, "Once upon a time", "-n", "12", "--temp", "0", "--top-k", "5",
+                         "--top-p", "0.5", "--min-p", "0.1", "--repeat-penalty", "1.2",
+                         "--threads", "1", "--ctx", "64")
+    assert code3 == 0 and out3.startswith("Once upon a time")
+
+
+@pytest.mark.parametrize("argv", [
+    ["missing.tpk", "hi"],                    # no such file
+    ["{text}", "hi"],                         # not a .tpk
+    ["{trunc}", "hi"],                        # truncated .tpk
+    ["{dir}", "hi"],                          # a directory
+    ["{model}", "hi " * 200, "--ctx", "32"],  # prompt too long
+    ["{model}", "hi", "-n", "100", "--ctx", "32"],  # prompt + new tokens too long
+    ["{model}", "hi", "--bogus"],             # bad flag
+    ["{model}", "hi", "--temp", "warm"],      # bad value
+    ["{model}", "hi", "--top-p", "2"],
+    ["{model}", "hi", "-n", "-1"],
+    ["{model}", "hi", "--threads", "0"],
+    ["{model}", "hi", "extra"],               # too many arguments
+    [],                                       # no prompt
+])
+def test_user_errors_exit_2_with_one_line(capsys, tmp_path, model, argv):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n" * 10)
+    trunc = tmp_path / "trunc.tpk"
+    trunc.write_bytes(open(model, "rb").read()[:-100])
+    argv = [a.format(text=text, trunc=trunc, dir=tmp_path, model=model) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and one_error_line(err), err
+    assert out == ""
+
+
+def test_default_model_missing(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(engine, "DEFAULT_MODEL", tmp_path / "default.tpk")
+    code, out, err = run(capsys, "hello")
+    assert code == 2 and one_error_line(err) and "default model" in err
+
+
+def test_help_explains_each_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        run_main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for flag in ("-n", "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty", "--seed",
+                 "--threads", "--ctx", "--chat", "--stop"):
+        assert flag in out
+
+
+def cli(*argv, stdin=None):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "engine.cli", *argv], input=stdin, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    r = cli(str(tmp_path / "nope.tpk"), "hi")
+    assert r.returncode == 2 and one_error_line(r.stderr), r.stderr
+
+
+def test_chat_loop(model):
+    r = cli(model, "--chat", "-n", "6", "--temp", "0", stdin="Hello there\nAnd again\n\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("> ") >= 2
+    assert r.stderr.count("generation") == 2
