@@ -71,11 +71,18 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* act_s
 }
 
 // RMSNorm as transformers computes it (float32): x * rsqrt(mean(x^2) + eps), then * weight.
+// Plain portable code outside the ISA tables, so every ISA quantizes exactly the same floats.
+// The sum of squares is in double, in four fixed lanes (k mod 4): the order is part of the
+// definition, never left to a vectorizer, and double leaves it no visible effect anyway.
 static void rmsnorm_row(const float* x, const float* weight, int64_t K, float eps, float* y) {
-    double ss = 0.0;  // double: the result should not depend on summation order
-    for (int64_t k = 0; k < K; ++k) ss += double(x[k]) * double(x[k]);
-    const float inv = 1.f / std::sqrt(float(ss / double(K)) + eps);
-    for (int64_t k = 0; k < K; ++k) y[k] = weight[k] * (x[k] * inv);
+    double ss[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4)
+        for (int i = 0; i < 4; ++i) ss[i] += double(x[k + i]) * double(x[k + i]);
+    for (int i = 0; k < K; ++k, ++i) ss[i] += double(x[k]) * double(x[k]);
+    const double sum = (ss[0] + ss[1]) + (ss[2] + ss[3]);
+    const float inv = 1.f / std::sqrt(float(sum / double(K)) + eps);
+    for (k = 0; k < K; ++k) y[k] = weight[k] * (x[k] * inv);
 }
 
 void rmsnorm(const float* x, const float* weight, int64_t M, int64_t K, float eps, float* out) {
@@ -98,51 +105,131 @@ void rmsnorm_quantize_rows(const float* x, const float* weight, int64_t M, int64
 
 void rope_neox(float* x, int64_t T, int64_t H, int64_t D, const float* cos, const float* sin) {
     const int64_t half = D / 2;
-    for (int64_t t = 0; t < T; ++t) {
-        const float* c = cos + t * half;
-        const float* s = sin + t * half;
-        for (int64_t h = 0; h < H; ++h) {
-            float* v = x + (t * H + h) * D;
+    parallel_rows(T * H, 1, D, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const float* c = cos + (r / H) * half;
+            const float* s = sin + (r / H) * half;
+            float* v = x + r * D;
             for (int64_t i = 0; i < half; ++i) {
                 const float x1 = v[i], x2 = v[i + half];
                 v[i] = x1 * c[i] - x2 * s[i];
                 v[i + half] = x2 * c[i] + x1 * s[i];
             }
         }
+    });
+}
+
+void attention_chunk_generic(const float* q, int64_t g, int64_t D, const float* k, const float* v,
+                             int64_t n, float scale, float* o, float* mx, float* l) {
+    std::vector<float> p(static_cast<size_t>(n));
+    for (int64_t h = 0; h < g; ++h) {
+        const float* qh = q + h * D;
+        float m = -INFINITY;
+        for (int64_t j = 0; j < n; ++j) {
+            float dot = 0.f;
+            for (int64_t d = 0; d < D; ++d) dot += qh[d] * k[j * D + d];
+            p[j] = dot * scale;
+            m = std::max(m, p[j]);
+        }
+        float sum = 0.f;
+        for (int64_t j = 0; j < n; ++j) sum += p[j] = std::exp(p[j] - m);
+        float* oh = o + h * D;
+        std::fill(oh, oh + D, 0.f);
+        for (int64_t j = 0; j < n; ++j)
+            for (int64_t d = 0; d < D; ++d) oh[d] += p[j] * v[j * D + d];
+        mx[h] = m;
+        l[h] = sum;
     }
 }
 
+namespace {
+
+// One chunk's softmax partial for the g heads of a group: o [g, D], then mx [g], then l [g].
+struct AttnPartial {
+    int64_t g, D;
+    int64_t floats() const { return g * (D + 2); }
+    float* o(float* p) const { return p; }
+    float* mx(float* p) const { return p + g * D; }
+    float* l(float* p) const { return p + g * D + g; }
+};
+
+// out [g, D] = softmax-weighted values of chunks 0..nch-1 merged in chunk order (the same
+// arithmetic however the chunks were scheduled): weights e^(mx_c - M) / sum_c l_c e^(mx_c - M).
+void merge_attention_chunks(const AttnPartial& pl, float* parts, int64_t nch, float* out) {
+    const int64_t stride = pl.floats();
+    for (int64_t h = 0; h < pl.g; ++h) {
+        float m = -INFINITY;
+        for (int64_t c = 0; c < nch; ++c) m = std::max(m, pl.mx(parts + c * stride)[h]);
+        float sum = 0.f;
+        for (int64_t c = 0; c < nch; ++c) {
+            float* pc = parts + c * stride;
+            pl.mx(pc)[h] = std::exp(pl.mx(pc)[h] - m);  // now the chunk's rescale factor
+            sum += pl.l(pc)[h] * pl.mx(pc)[h];
+        }
+        float* oh = out + h * pl.D;
+        std::fill(oh, oh + pl.D, 0.f);
+        for (int64_t c = 0; c < nch; ++c) {
+            float* pc = parts + c * stride;
+            const float w = pl.mx(pc)[h] / sum;
+            const float* oc = pl.o(pc) + h * pl.D;
+            for (int64_t d = 0; d < pl.D; ++d) oh[d] += w * oc[d];
+        }
+    }
+}
+
+// Below this many (token, kv head) pairs, attention also splits each key range over tasks
+// (decode: a handful of kv heads, thousands of keys); the choice depends on the shapes only.
+constexpr int64_t kAttnSplitBelow = 32;
+
+}  // namespace
+
+// Causal attention in chunks of kAttnChunkKeys keys (flash-decoding style): each (token, kv
+// head, chunk) yields a softmax partial for the whole GQA group, so the group's query heads
+// read each key and value row once, and partials merge in chunk order. Chunk boundaries are
+// fixed, so results are identical for every thread count.
 void attention(const float* q, int64_t T, int64_t Hq, int64_t D, const float* k_cache,
                const float* v_cache, int64_t Hkv, int64_t C, int64_t pos0, float* out) {
-    const int64_t group = Hq / Hkv;
+    const KernelTable& kt = active_kernels();
+    const int64_t g = Hq / Hkv;
     const float scale = 1.f / std::sqrt(float(D));
-    // One task per (query position, head): independent rows of the output.
-    parallel_rows(T * Hq, 1, (pos0 + T) * D, [&](int64_t r0, int64_t r1) {
-        std::vector<float> p(static_cast<size_t>(pos0 + T));
+    const AttnPartial pl{g, D};
+    const int64_t max_chunks = (pos0 + T + kAttnChunkKeys - 1) / kAttnChunkKeys;
+    const int64_t chunk_cost = kAttnChunkKeys * g * D;
+    // Partial of (token t, kv head h, chunk c) into part.
+    auto run_chunk = [&](int64_t t, int64_t h, int64_t c, float* part) {
+        const int64_t j0 = c * kAttnChunkKeys, n = std::min<int64_t>(kAttnChunkKeys, pos0 + t + 1 - j0);
+        const int64_t off = (h * C + j0) * D;
+        kt.attention_chunk(q + (t * Hq + h * g) * D, g, D, k_cache + off, v_cache + off, n, scale,
+                           pl.o(part), pl.mx(part), pl.l(part));
+    };
+    auto chunks_of = [&](int64_t t) { return (pos0 + t + kAttnChunkKeys) / kAttnChunkKeys; };
+
+    if (T * Hkv < kAttnSplitBelow && max_chunks > 1) {
+        // Tasks (t, h, c); the partials wait in a per-thread buffer reused across calls.
+        thread_local std::vector<float> parts;
+        parts.resize(static_cast<size_t>(T * Hkv * max_chunks * pl.floats()));
+        float* base = parts.data();
+        parallel_rows(T * Hkv * max_chunks, 1, chunk_cost, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+                const int64_t t = r / (Hkv * max_chunks), h = r / max_chunks % Hkv, c = r % max_chunks;
+                if (c < chunks_of(t)) run_chunk(t, h, c, base + r * pl.floats());
+            }
+        });
+        parallel_rows(T * Hkv, 1, max_chunks * g * D, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r)
+                merge_attention_chunks(pl, base + r * max_chunks * pl.floats(), chunks_of(r / Hkv),
+                                       out + (r / Hkv * Hq + r % Hkv * g) * D);
+        });
+        return;
+    }
+    // Tasks (t, h), latest token first: causal rows grow with t, so the long ones start early.
+    parallel_rows(T * Hkv, 1, max_chunks * chunk_cost, [&](int64_t r0, int64_t r1) {
+        thread_local std::vector<float> parts;
+        parts.resize(static_cast<size_t>(max_chunks * pl.floats()));
         for (int64_t r = r0; r < r1; ++r) {
-            const int64_t t = r / Hq, h = r % Hq, kvh = h / group, len = pos0 + t + 1;
-            const float* qv = q + r * D;
-            const float* kc = k_cache + kvh * C * D;
-            const float* vc = v_cache + kvh * C * D;
-            float mx = -INFINITY;
-            for (int64_t j = 0; j < len; ++j) {
-                float dot = 0.f;
-                for (int64_t d = 0; d < D; ++d) dot += qv[d] * kc[j * D + d];
-                p[j] = dot * scale;
-                mx = std::max(mx, p[j]);
-            }
-            float sum = 0.f;
-            for (int64_t j = 0; j < len; ++j) {
-                p[j] = std::exp(p[j] - mx);
-                sum += p[j];
-            }
-            const float inv = 1.f / sum;
-            float* o = out + r * D;
-            std::fill(o, o + D, 0.f);
-            for (int64_t j = 0; j < len; ++j) {
-                const float pj = p[j] * inv;
-                for (int64_t d = 0; d < D; ++d) o[d] += pj * vc[j * D + d];
-            }
+            const int64_t t = T - 1 - r / Hkv, h = r % Hkv, nch = chunks_of(t);
+            for (int64_t c = 0; c < nch; ++c) run_chunk(t, h, c, parts.data() + c * pl.floats());
+            merge_attention_chunks(pl, parts.data(), nch, out + (t * Hq + h * g) * D);
         }
     });
 }

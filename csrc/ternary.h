@@ -59,6 +59,13 @@ size_t row_bytes(Format fmt, int64_t k);
 bool pack_rows(Format fmt, const int8_t* w, int64_t n, int64_t k, uint8_t* out);
 void unpack_rows(Format fmt, const uint8_t* packed, int64_t n, int64_t k, int8_t* out);
 
+// Keys per attention chunk: attention() splits each query's causal key range into chunks of at
+// most this many keys, a fixed size, so results never depend on the thread count.
+constexpr int kAttnChunkKeys = 256;
+// Portable attention_chunk (ops.cpp): the entry of every table that brings no faster one.
+void attention_chunk_generic(const float* q, int64_t g, int64_t D, const float* k, const float* v,
+                             int64_t n, float scale, float* o, float* mx, float* l);
+
 // ---- per-ISA kernels: identical signatures, one table per ISA ----
 // Every kernel works on output rows [n0, n1) so the thread pool can split by rows.
 struct KernelTable {
@@ -81,6 +88,14 @@ struct KernelTable {
     // One row of absmax int8 quantization: scale = 127 / max(max|x|, 1e-5);
     // q = clamp(rint(x * scale), -128, 127). Returns scale.
     float (*quantize_row)(const float* x, int64_t K, int8_t* q);
+
+    // Softmax partial of one attention chunk for the g query heads q [g, D] of one GQA group
+    // over n <= kAttnChunkKeys keys and values k, v [n, D] (rows D floats apart):
+    //   s[h, j] = scale * q[h] . k[j];  mx[h] = max_j s[h, j];  l[h] = sum_j e^(s[h, j] - mx[h]);
+    //   o[h, :] = sum_j e^(s[h, j] - mx[h]) * v[j, :]   (o [g, D]); attention() merges chunks.
+    void (*attention_chunk)(const float* q, int64_t g, int64_t D, const float* k, const float* v,
+                            int64_t n, float scale, float* o, float* mx,
+                            float* l) = attention_chunk_generic;
 };
 
 const KernelTable& ref_kernels();

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "dense.h"
 #include "ternary.h"
 
 namespace py = pybind11;
@@ -96,6 +97,14 @@ PYBIND11_MODULE(_kernels, m) {
         set_num_threads(n);
     });
     m.def("physical_cores", [] { return physical_cores(); });
+    m.def(
+        "stream_read_gbps",
+        [](size_t nbytes, int threads, int reps) {
+            py::gil_scoped_release nogil;
+            return stream_read_gbps(nbytes, threads, reps);
+        },
+        py::arg("nbytes"), py::arg("threads"), py::arg("reps") = 5,
+        "Median GB/s of `reps` sequential reads of an nbytes buffer by `threads` threads.");
 
     m.def("row_bytes", [](const std::string& fmt, int64_t k) {
         if (k < 1) throw py::value_error("k must be >= 1");

@@ -1,0 +1,280 @@
+"""Kernel benchmark: GEMV / GEMM of ternary (T2, T1), fp16 and int8 weights at BitNet-2B shapes,
+next to this machine's DRAM read bandwidth measured in the same run.
+
+    python benchmarks/bench_kernels.py [--json out.json] [--rounds 5] [--threads 1,2]
+
+Every kernel is validated against numpy before it is timed. GEMV weights cycle over enough
+distinct copies of the matrix (>= 4x the last-level cache) that they come from DRAM, as in a
+real decode step. Compared variants alternate within each round (the machine is shared and
+noisy); figures are medians over rounds. One JSON record per (kernel, format, isa, threads,
+N, K, M) with seconds (per call), gbps (weight bytes streamed per second) and dram_gbps (the
+streaming-read bandwidth at the same thread count, sampled between the same rounds).
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    from engine import _kernels as K
+except ImportError:  # run from a source checkout built in place
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from engine import _kernels as K
+
+# BitNet b1.58 2B4T: hidden 2560, 20 query / 5 kv heads of 128, intermediate 6912, vocab 128256.
+SHAPES = [  # (name, N, K, formats)
+    ("attn.qo", 2560, 2560, ("t2", "t1", "f16")),
+    ("attn.kv", 640, 2560, ("t2", "t1", "f16")),
+    ("mlp.gate_up", 6912, 2560, ("t2", "t1", "f16")),
+    ("mlp.down", 2560, 6912, ("t2", "t1", "f16")),
+    ("lm_head", 128256, 2560, ("f16", "int8")),
+]
+GEMM_M = 128
+BITS = {"t2": 2.0, "t1": 1.6, "f16": 16.0, "int8": 8.0}
+
+
+def last_level_cache_bytes():
+    """Largest data/unified cache of cpu0 from sysfs (lscpu's figure); 32 MiB if unreadable."""
+    best = 0
+    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (idx / "type").read_text().strip() == "Instruction":
+                continue
+            size = (idx / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        best = max(best, int(size.rstrip("KMG")) * unit)
+    return best or 32 << 20
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Variant:
+    """One kernel at one shape: its weight copies, inputs, and the call that runs it on a copy.
+    `share` reuses another variant's weights (GEMM streams the same matrices as GEMV)."""
+
+    def __init__(self, kernel, fmt, n, k, m, rng, min_bytes, share=None):
+        self.kernel, self.fmt, self.n, self.k, self.m = kernel, fmt, n, k, m
+        self.x = rng.standard_normal((m, k)).astype(np.float32)
+        self.out = np.empty((m, n), np.float32)
+        if fmt in ("t2", "t1"):
+            self.q, self.act_scale = K.quantize_rows(self.x)
+            self.weight_scale = 0.0173
+        if share is not None:
+            self.w_int, self.row_scale, self.copies = share.w_int, share.row_scale, share.copies
+        else:
+            self.w_int = self.row_scale = None
+            if fmt in ("t2", "t1"):
+                self.w_int = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+                w = K.pack(fmt, self.w_int)
+            elif fmt == "f16":
+                w = (rng.standard_normal((n, k)) / math.sqrt(k)).astype(np.float16)
+            else:
+                w = rng.integers(-127, 128, size=(n, k), dtype=np.int8)
+                self.row_scale = (rng.random(n, dtype=np.float32) * 0.01 + 0.001).astype(np.float32)
+            ncopies = max(1, math.ceil(min_bytes / w.nbytes))
+            self.copies = [w] + [w.copy() for _ in range(ncopies - 1)]
+        self.bytes = self.copies[0].nbytes  # weight bytes one call streams
+        self.next = 0
+        self.times = []
+
+    def call(self, w):
+        if self.fmt in ("t2", "t1"):
+            K.ternary_linear(self.fmt, w, self.k, self.q, self.act_scale, self.weight_scale, out=self.out)
+        elif self.fmt == "f16":
+            K.f16_linear(w, self.x, out=self.out)
+        else:
+            K.int8_linear(w, self.row_scale, self.x, out=self.out)
+
+    def validate(self, rows_per_block=8192):
+        """Check the active ISA's result on copy 0 against numpy (float64, blocks of rows);
+        raise AssertionError on a mismatch."""
+        w = self.copies[0]
+        self.call(w)
+        x64 = self.x.astype(np.float64)
+        got_acc = None
+        if self.fmt in ("t2", "t1"):
+            got_acc = K.ternary_matmul_i32(self.fmt, w, self.k, self.q)
+            q64 = self.q.astype(np.float64)
+        for n0 in range(0, self.n, rows_per_block):
+            rows = slice(n0, min(self.n, n0 + rows_per_block))
+            out = self.out[:, rows]
+            if self.fmt in ("t2", "t1"):
+                acc = (q64 @ self.w_int[rows].T.astype(np.float64)).astype(np.int32)  # exact
+                if not np.array_equal(got_acc[:, rows], acc):
+                    m, n = np.argwhere(got_acc[:, rows] != acc)[0]
+                    raise AssertionError(f"{self.label()}: int32 accumulator [{m}, {n0 + n}] = "
+                                         f"{got_acc[m, n0 + n]}, numpy {acc[m, n]}")
+                want = (acc.astype(np.float32) / self.act_scale[:, None]) * np.float32(self.weight_scale)
+                bound = 1e-6 * np.abs(want) + 1e-30
+            else:
+                w64 = w[rows].astype(np.float64)
+                want = x64 @ w64.T
+                bound = 1e-5 * (np.abs(x64) @ np.abs(w64).T) + 1e-30
+                if self.fmt == "int8":
+                    want *= self.row_scale[rows]
+                    bound *= self.row_scale[rows]
+            err = np.abs(out - want)
+            if not np.all(err <= bound):
+                m, n = np.unravel_index(np.argmax(err / bound), err.shape)
+                raise AssertionError(f"{self.label()}: output[{m}, {n0 + n}] = {out[m, n]}, "
+                                     f"numpy {want[m, n]}")
+
+    def run_slice(self, min_seconds):
+        """Call the kernel on successive copies for >= min_seconds (and >= one pass when it is
+        cheap); record seconds per call."""
+        calls, t0 = 0, time.perf_counter()
+        ncopies = len(self.copies)
+        while True:
+            self.call(self.copies[self.next])
+            self.next = (self.next + 1) % ncopies
+            calls += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_seconds and (calls >= ncopies or elapsed >= 4 * min_seconds):
+                break
+        self.times.append(elapsed / calls)
+
+    def label(self):
+        return f"{self.kernel} {self.fmt} {self.n}x{self.k} M={self.m}"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", help="write the records to this file")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per configuration")
+    p.add_argument("--min-time", type=float, default=0.15, help="seconds per variant per round")
+    p.add_argument("--threads", help="comma-separated thread counts (default: 1,all cores)")
+    p.add_argument("--shapes", help="comma-separated shape names (default: all): "
+                   + ", ".join(s[0] for s in SHAPES))
+    p.add_argument("--formats", help="comma-separated formats (default: all): t2,t1,f16,int8")
+    p.add_argument("--gemm-m", type=int, default=GEMM_M, help="tokens of the GEMM rows")
+    p.add_argument("--cache-multiple", type=float, default=4.0,
+                   help="weight copies per shape cover this multiple of the last-level cache")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cores = K.physical_cores()
+    thread_counts = ([int(t) for t in args.threads.split(",")] if args.threads
+                     else sorted({1, cores}))
+    shapes = [s for s in SHAPES if not args.shapes or s[0] in args.shapes.split(",")]
+    formats = args.formats.split(",") if args.formats else list(BITS)
+    llc = last_level_cache_bytes()
+    min_bytes = args.cache_multiple * llc
+    isa = K.active_isa()
+    rng = np.random.default_rng(0)
+
+    print(f"# {cpu_model()}, {os.cpu_count()} cpus, {cores} physical cores, "
+          f"last-level cache {llc >> 20} MiB, ISA {isa} (available {', '.join(K.available_isas())})")
+    print(f"# weights cycle over >= {min_bytes / 2**20:.0f} MiB of copies per shape; "
+          f"{args.rounds} alternating rounds; medians")
+    dram_bytes = max(int(min_bytes), 256 << 20)
+    dram_samples = {t: [] for t in thread_counts}
+
+    records = []
+    header = (f"{'shape':<12} {'N x K':>12} {'kernel':<5} {'fmt':<5} {'thr':>3} {'M':>4} "
+              f"{'time':>10} {'GB/s':>7} {'%DRAM':>6} {'GOPS':>8} {'tok/s':>9} {'copies':>6}")
+    print(header)
+    for name, n, k, shape_formats in shapes:
+        fmts = [f for f in shape_formats if f in formats]
+        if not fmts:
+            continue
+        variants = []
+        for fmt in fmts:
+            gemv = Variant("gemv", fmt, n, k, 1, rng, min_bytes)
+            variants += [gemv, Variant("gemm", fmt, n, k, args.gemm_m, rng, 0, share=gemv)]
+        for t in thread_counts:  # validate before timing, at every thread count
+            K.set_threads(t)
+            for v in variants:
+                v.validate()
+        for t in thread_counts:
+            K.set_threads(t)
+            for v in variants:
+                v.times = []
+            shape_dram = []
+            for _ in range(args.rounds):
+                shape_dram.append(K.stream_read_gbps(dram_bytes, t, 1))
+                for v in variants:
+                    v.run_slice(args.min_time)
+            dram_samples[t] += shape_dram
+            dram = float(np.median(shape_dram))
+            for v in variants:
+                sec = float(np.median(v.times))
+                rec = {
+                    "kernel": v.kernel, "format": v.fmt, "isa": isa, "threads": t,
+                    "N": n, "K": k, "M": v.m, "seconds": sec, "gbps": v.bytes / sec / 1e9,
+                    "dram_gbps": dram, "gops": 2.0 * v.m * n * k / sec / 1e9,
+                    "tokens_per_s": v.m / sec, "shape": name, "bits_per_weight": BITS[v.fmt],
+                    "weight_bytes": v.bytes, "copies": len(v.copies),
+                    "seconds_all_rounds": [float(s) for s in v.times],
+                }
+                records.append(rec)
+                print(f"{name:<12} {f'{n}x{k}':>12} {v.kernel:<5} {v.fmt:<5} {t:>3} {v.m:>4} "
+                      f"{sec * 1e3:>8.3f}ms {rec['gbps']:>7.2f} {100 * rec['gbps'] / dram:>5.0f}% "
+                      f"{rec['gops']:>8.1f} {rec['tokens_per_s']:>9.1f} {len(v.copies):>6}")
+            print(f"{name:<12} {f'{n}x{k}':>12} {'dram':<5} {'read':<5} {t:>3} {'':>4} "
+                  f"{'':>10} {dram:>7.2f}  100%")
+            sys.stdout.flush()
+        del variants
+
+    dram_all = {t: float(np.median(s)) for t, s in dram_samples.items() if s}
+    print("\n# DRAM read bandwidth (median of all samples): "
+          + ", ".join(f"{t} thread{'s' * (t > 1)} {g:.2f} GB/s" for t, g in dram_all.items()))
+    print_targets(records, max(thread_counts))
+    if args.json:
+        meta = {"cpu": cpu_model(), "isa": isa, "available_isas": K.available_isas(),
+                "physical_cores": cores, "llc_bytes": llc, "dram_gbps": dram_all,
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds": args.rounds}
+        Path(args.json).write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+        print(f"# wrote {len(records)} records to {args.json}")
+
+
+def print_targets(records, threads):
+    """Issue 3's targets at the highest thread count, one line per shape and target."""
+    get = {(r["kernel"], r["format"], r["N"], r["K"]): r for r in records if r["threads"] == threads}
+    print(f"\n# targets at {threads} threads (weights from DRAM)")
+    for name, n, k, _ in SHAPES:
+        t2, t1, f16 = (get.get(("gemv", f, n, k)) for f in ("t2", "t1", "f16"))
+        lines = []
+        if t2:
+            frac = t2["gbps"] / t2["dram_gbps"]
+            lines.append(("T2 GEMV >= 80% DRAM", f"{100 * frac:.0f}% ({t2['gbps']:.1f} of "
+                          f"{t2['dram_gbps']:.1f} GB/s)", frac >= 0.8))
+        if t2 and t1:
+            r = t2["seconds"] / t1["seconds"]
+            lines.append(("T1 GEMV wall <= T2", f"T1 {t1['seconds'] * 1e6:.0f} us vs T2 "
+                          f"{t2['seconds'] * 1e6:.0f} us ({r:.2f}x)", r >= 1.0))
+        for fmt, rec in (("T2", t2), ("T1", t1)):
+            if rec and f16:
+                r = f16["seconds"] / rec["seconds"]
+                lines.append((f"{fmt} GEMV >= 6x fp16", f"{r:.2f}x", r >= 6.0))
+        for fmt in ("t2", "t1", "f16", "int8"):
+            gv, gm = get.get(("gemv", fmt, n, k)), get.get(("gemm", fmt, n, k))
+            if gv and gm:
+                r = gm["tokens_per_s"] / gv["tokens_per_s"]
+                ok = r >= 10.0 if fmt in ("t2", "t1") else None
+                lines.append((f"{fmt} GEMM M={gm['M']} >= 10x GEMV tok/s", f"{r:.1f}x "
+                              f"({gm['gops']:.0f} GOPS)", ok))
+        for what, value, ok in lines:
+            mark = "" if ok is None else ("ok" if ok else "MISS")
+            print(f"{name:<12} {f'{n}x{k}':>12}  {what:<32} {value:<40} {mark}")
+
+
+if __name__ == "__main__":
+    main()
