@@ -5,8 +5,8 @@ temperature, then top-k, top-p (nucleus), min-p, then one draw from the seeded n
 Generator. temperature <= 0 is greedy (argmax after the penalty). Each step draws exactly
 one uniform number, so a seed reproduces a whole generation.
 
-Top-k / top-p work on a small candidate set (partition, then sort only the candidates);
-only the full-vocabulary softmax path touches every logit, into preallocated scratch.
+Top-k / top-p / min-p work on a small candidate set found by thresholds (no sort or
+partition of the whole vocabulary); only plain temperature sampling draws over every token.
 """
 from __future__ import annotations
 
@@ -48,29 +48,63 @@ def apply_repetition_penalty(logits: np.ndarray, recent_ids, penalty: float) -> 
     logits[idx] = np.where(vals < 0, vals * penalty, vals / penalty)
 
 
-def top_k_candidates(logits: np.ndarray, k: int, scratch: np.ndarray) -> np.ndarray:
-    """Indices of the k largest logits, sorted by logit descending (ties: lower id first)."""
-    v = logits.shape[0]
-    np.copyto(scratch, logits)
-    scratch.partition(v - k)                   # in place: no V-sized index array
-    idx = np.flatnonzero(logits >= scratch[v - k])
-    order = np.argsort(-logits[idx], kind="stable")[:k]
-    return idx[order]
+def top_k_candidates(x: np.ndarray, k: int, mx: float) -> np.ndarray:
+    """Indices of the k largest values of x (max mx), sorted descending, ties at the k-th value
+    kept (as transformers' TopK: keep x >= k-th largest). Exact without sorting the whole
+    vocabulary: widen a window below the max until it holds >= k values, then partition and
+    sort only those."""
+    v = x.shape[0]
+    idx = None
+    width = 4.0
+    for _ in range(12):
+        idx = np.flatnonzero(x >= mx - width)
+        if idx.shape[0] >= k:
+            break
+        width *= 2
+    else:  # -inf logits or an enormous spread: fall back to the whole vocabulary
+        idx = np.arange(v)
+    vals = x[idx]
+    if idx.shape[0] > k:
+        kth = np.partition(vals, idx.shape[0] - k)[idx.shape[0] - k]
+        keep = vals >= kth
+        idx, vals = idx[keep], vals[keep]
+    return idx[np.argsort(-vals, kind="stable")]
 
 
 def nucleus_size(probs_desc: np.ndarray, top_p: float) -> int:
     """Length of the smallest prefix of descending probabilities (summing to 1) whose mass
     reaches top_p: token i is kept while the mass before it is < top_p (transformers TopP)."""
-    before = np.cumsum(probs_desc) - probs_desc
+    before = np.cumsum(probs_desc, dtype=np.float64) - probs_desc
     return max(1, int(np.count_nonzero(before < top_p)))
 
 
-def draw(weights: np.ndarray, rng: np.random.Generator, cdf: np.ndarray) -> int:
-    """Index drawn with probability proportional to weights (non-negative, not all 0)."""
-    np.cumsum(weights, out=cdf[:weights.shape[0]])
-    c = cdf[:weights.shape[0]]
-    u = rng.random() * c[-1]
-    return min(int(np.searchsorted(c, u, side="right")), weights.shape[0] - 1)
+_BLOCK = 1024
+
+
+def draw(weights: np.ndarray, rng: np.random.Generator) -> int:
+    """Index drawn with probability proportional to weights (non-negative, not all 0), from one
+    uniform number. Long arrays go through per-block sums: a cumsum of the whole vocabulary is
+    ~20x slower than a sum."""
+    n = weights.shape[0]
+    base = 0
+    if n > 4 * _BLOCK:
+        nb = n // _BLOCK
+        sums = np.empty(nb + 1, np.float64)
+        sums[:nb] = weights[:nb * _BLOCK].reshape(nb, _BLOCK).sum(axis=1)
+        sums[nb] = weights[nb * _BLOCK:].sum()
+        c = np.cumsum(sums)
+        u = rng.random() * c[-1]
+        b = min(int(np.searchsorted(c, u, side="right")), nb)
+        if b:
+            u -= c[b - 1]
+        base = b * _BLOCK
+        weights = weights[base:base + _BLOCK]
+    else:
+        u = None
+    c = np.cumsum(weights, dtype=np.float64)
+    if u is None:
+        u = rng.random() * c[-1]
+    return base + min(int(np.searchsorted(c, u, side="right")), weights.shape[0] - 1)
 
 
 def candidates(logits: np.ndarray, params: SamplingParams, recent_ids=(),
@@ -80,12 +114,11 @@ def candidates(logits: np.ndarray, params: SamplingParams, recent_ids=(),
     every token stays (weights is then `work`). Not for greedy params. logits is not modified."""
     v = logits.shape[0]
     work = np.empty(v, np.float32) if work is None else work
-    scratch = np.empty(v, np.float32) if scratch is None else scratch
     np.copyto(work, logits)
     if params.repetition_penalty != 1.0 and len(recent_ids):
         apply_repetition_penalty(work, list(recent_ids)[-params.repeat_last_n:], params.repetition_penalty)
     np.multiply(work, np.float32(1.0 / params.temperature), out=work)
-    mx = work.max()
+    mx = float(work.max())
     use_top_k = 0 < params.top_k < v
     use_top_p = params.top_p < 1.0
 
@@ -94,22 +127,24 @@ def candidates(logits: np.ndarray, params: SamplingParams, recent_ids=(),
         np.subtract(work, mx, out=work)
         np.exp(work, out=work)
         if params.min_p > 0:
-            work[work < params.min_p] = 0.0
+            cand = np.flatnonzero(work >= params.min_p)
+            return cand, work[cand]
         return None, work
 
     if use_top_k:
-        cand = top_k_candidates(work, params.top_k, scratch)
+        cand = top_k_candidates(work, params.top_k, mx)
         probs = np.exp(work[cand] - mx)
         probs /= probs.sum()
     else:
         # Nucleus over the whole vocabulary: grow a top-k candidate set until it holds
         # top_p of the mass (almost always the first try).
+        scratch = np.empty(v, np.float32) if scratch is None else scratch
         np.subtract(work, mx, out=scratch)
         z = float(np.exp(scratch, out=scratch).sum(dtype=np.float64))
         k = 64
         while True:
             k = min(k, v)
-            cand = top_k_candidates(work, k, scratch)
+            cand = top_k_candidates(work, k, mx)
             probs = np.exp(work[cand] - mx) / np.float32(z)
             if k == v or probs.sum() >= params.top_p:
                 break
@@ -133,9 +168,8 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
         np.copyto(work, logits)
         apply_repetition_penalty(work, list(recent_ids)[-params.repeat_last_n:], params.repetition_penalty)
         return int(np.argmax(work))
-    scratch = np.empty(logits.shape[0], np.float32) if scratch is None else scratch
     cand, weights = candidates(logits, params, recent_ids, work, scratch)
-    i = draw(weights, rng, scratch)
+    i = draw(weights, rng)
     return i if cand is None else int(cand[i])
 
 
