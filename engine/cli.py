@@ -10,6 +10,7 @@ User errors (no such file, not a .tpk, prompt too long, bad flag) print one line
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -117,6 +118,8 @@ def run(argv=None) -> int:
         model_path, prompt = pos[0], None
     elif len(pos) == 2:
         model_path, prompt = pos
+    elif len(pos) == 1 and pos[0].endswith(".tpk") and os.path.isfile(pos[0]):
+        raise _UserError(f"no prompt: ternary-run {pos[0]} \"PROMPT\" (or --chat)")
     elif len(pos) == 1:
         model_path, prompt = None, pos[0]
     elif not pos and args.chat:
@@ -174,8 +177,6 @@ def run_main(argv=None) -> int:
         print(file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. piped into `head`: stop quietly
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

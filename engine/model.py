@@ -231,6 +231,8 @@ class Model:
             raise ValueError("forward needs at least one token")
         if ids.min() < 0 or ids.max() >= a.vocab_size:
             raise ValueError(f"token ids must be in [0, {a.vocab_size})")
+        if start_pos == 0:
+            self.cache.check_room(t)
         self.cache.check_span(start_pos, t)
         if t == 1:
             return self.step(int(ids[0]), start_pos)[None].copy()

@@ -56,6 +56,7 @@ def test_generates_and_summarizes(capsys, model):
     ["{model}", "hi", "-n", "-1"],
     ["{model}", "hi", "--threads", "0"],
     ["{model}", "hi", "extra"],               # too many arguments
+    ["{model}"],                              # a model but no prompt
     [],                                       # no prompt
 ])
 def test_user_errors_exit_2_with_one_line(capsys, tmp_path, model, argv):
