@@ -167,7 +167,7 @@ class Model:
         if norm is not None:  # fused rmsnorm + absmax int8 quantization, shared by q/k/v and gate/up
             q, s = K.rmsnorm_quantize_rows(x, norm, a.norm_eps, q=b.qi8[d], act_scale=b.act_scale)
         else:
-            q, s = K.quantize_rows(x)
+            q, s = K.quantize_rows(x, q=b.qi8[d], act_scale=b.act_scale)
         for lin, out in zip(linears, outs):
             K.ternary_linear(a.weight_format, lin.weight, lin.k, q, s, lin.scale, self.divide, out=out)
 
