@@ -1,13 +1,423 @@
-// avx512 kernels. PLACEHOLDER until the SIMD kernels land: forwards to the reference so the
-// build and dispatch work end to end. Being replaced now; see csrc/ternary.h for the layouts.
+// AVX-512 kernels (F/BW/VL/VNNI/VBMI; only this file gets those flags): ternary T2/T1 matmul by
+// select + add, and quantize_row. Layouts: ternary.h. Everything here has internal linkage, so
+// no function compiled with these flags can stand in for a portable one at link time.
+//
+// Multiplication-free core. A "plane" is 64 consecutive weights of a row, k in [64p, 64p + 64),
+// against the 64 int8 activations x of one register:
+//   d   = x where w = +1, ~x where w = -1, 0 where w = 0     (masked byte moves / one vpternlogd)
+//   acc = vpdpbusd(acc, ones, d)                              (ones x d: a widening add of d's bytes)
+// ~x = -x - 1 never overflows (-x does for x = -128), so each -1 weight leaves the sum one short:
+// every output adds its row's count of -1 weights (popcount of the minus masks).
+//
+// GEMV (few tokens): k-masks straight from the packed bytes (T2: kmovq; T1: 256-entry vpermi2b
+// tables), 4 rows per pass share each activation load, one horizontal sum per row and token.
+// GEMM (M >= kGemmMinTokens): a tile of 4 rows is expanded once into byte masks (minus, nonzero),
+// then every token costs one vpternlogd + one vpdpbusd per plane and row.
+// K that is not a multiple of 64: the last plane's activations come from a masked load (q ends at
+// K); planes past K hold only padding (zero weights) and are skipped.
+#include <immintrin.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "dense.h"
 #include "ternary.h"
 
+// GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace ternary {
+namespace {
+
+constexpr int64_t kGemmMinTokens = 4;  // below: GEMV path per token (masks decoded per token)
+constexpr int kRows = 4;               // rows per pass (GEMV and GEMM tiles)
+constexpr int kTokens = 4;             // tokens per GEMM tile: 4x4 accumulators + 8 mask vectors
+
+inline __mmask64 load_mask(const uint8_t* p) {
+    uint64_t v;
+    std::memcpy(&v, p, sizeof v);
+    return _cvtu64_mask64(v);
+}
+
+// Mask of the activation bytes of plane p that lie below K.
+inline __mmask64 plane_mask(int64_t K, int64_t p) {
+    const int64_t left = K - 64 * p;
+    return left >= 64 ? _cvtu64_mask64(~0ull) : _cvtu64_mask64(~0ull >> (64 - left));
+}
+
+inline __m512i vnot(__m512i x) { return _mm512_ternarylogic_epi32(x, x, x, 0x55); }
+
+// d = x where w = +1 (kp), ~x where w = -1 (km), else 0.
+inline __m512i select(__mmask64 kp, __mmask64 km, __m512i x, __m512i nx) {
+    return _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(kp, x), km, nx);
+}
+
+// (x ^ minus) & nonzero, with minus / nonzero as 0x00/0xFF byte masks: x, ~x or 0.
+inline __m512i select_bytes(__m512i x, __m512i minus, __m512i nonzero) {
+    return _mm512_ternarylogic_epi32(x, minus, nonzero, 0x28);
+}
+
+// Horizontal sums of 4 accumulators -> [sum a, sum b, sum c, sum d].
+inline __m128i reduce4(__m512i a, __m512i b, __m512i c, __m512i d) {
+    // Pairwise: lanes of a and b interleaved, then c and d, halving the width each step.
+    const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    // ab: a0+a2 b0+b2 a1+a3 b1+b3 | ... per 128-bit lane; same for cd.
+    const __m512i abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+    // abcd per 128-bit lane: [a, b, c, d] partial sums of that lane (in a permuted pair order).
+    const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(abcd), _mm512_extracti64x4_epi64(abcd, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+template <int R>
+inline void store_sums(const __m512i* s, const int32_t* corr, int32_t* out) {
+    if constexpr (R == 4) {
+        const __m128i v = _mm_add_epi32(reduce4(s[0], s[1], s[2], s[3]),
+                                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(corr)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), v);
+    } else {
+        for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_epi32(s[r]) + corr[r];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// T1 decoding: two 256-entry tables, looked up with vpermi2b (128 entries per lookup: one lookup
+// for codes < 128, one for >= 128, blended on the code's top bit). Generated from the same
+// base-3 rule as the reference, for all 256 byte values.
+//   lo[c]: bit 2i = digit i of c is +1, bit 2i + 1 = digit i is -1, for digits i = 0..3
+//   hi[c]: bit 0 / bit 1 = digit 4 is +1 / -1; bits 2..4 = number of -1 digits among all five
+struct T1Tables {
+    alignas(64) uint8_t lo[256];
+    alignas(64) uint8_t hi[256];
+};
+
+constexpr T1Tables make_t1_tables() {
+    T1Tables t{};
+    for (int c = 0; c < 256; ++c) {
+        int v = c, lo = 0, hi = 0, minus = 0;
+        for (int i = 0; i < kT1DigitsPerByte; ++i, v /= 3) {
+            const int w = v % 3 - 1;
+            minus += w < 0;
+            const int bits = (w > 0 ? 1 : 0) | (w < 0 ? 2 : 0);
+            if (i < 4) lo |= bits << (2 * i);
+            else hi |= bits;
+        }
+        t.lo[c] = uint8_t(lo);
+        t.hi[c] = uint8_t(hi | (minus << 2));
+    }
+    return t;
+}
+
+constexpr T1Tables kT1Tables = make_t1_tables();
+
+struct T1Decoder {
+    __m512i lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3;
+    T1Decoder()
+        : lo0(_mm512_load_si512(kT1Tables.lo)), lo1(_mm512_load_si512(kT1Tables.lo + 64)),
+          lo2(_mm512_load_si512(kT1Tables.lo + 128)), lo3(_mm512_load_si512(kT1Tables.lo + 192)),
+          hi0(_mm512_load_si512(kT1Tables.hi)), hi1(_mm512_load_si512(kT1Tables.hi + 64)),
+          hi2(_mm512_load_si512(kT1Tables.hi + 128)), hi3(_mm512_load_si512(kT1Tables.hi + 192)) {}
+
+    // One block's 64 codes -> lo / hi table bytes.
+    inline void lookup(__m512i c, __m512i& lo, __m512i& hi) const {
+        const __mmask64 top = _mm512_movepi8_mask(c);
+        lo = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(lo0, c, lo1),
+                                    _mm512_permutex2var_epi8(lo2, c, lo3));
+        hi = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(hi0, c, hi1),
+                                    _mm512_permutex2var_epi8(hi2, c, hi3));
+    }
+};
+
+// Masks of digit plane i (0..4) from the looked-up bytes.
+inline void t1_digit_masks(int i, __m512i lo, __m512i hi, __mmask64& kp, __mmask64& km) {
+    if (i < 4) {
+        kp = _mm512_test_epi8_mask(lo, _mm512_set1_epi8(char(1 << (2 * i))));
+        km = _mm512_test_epi8_mask(lo, _mm512_set1_epi8(char(2 << (2 * i))));
+    } else {
+        kp = _mm512_test_epi8_mask(hi, _mm512_set1_epi8(1));
+        km = _mm512_test_epi8_mask(hi, _mm512_set1_epi8(2));
+    }
+}
+
+// Sum over a block of the per-code -1 counts (hi bits 2..4), as 8 u64 lanes of 4 x count.
+inline __m512i t1_minus_count4(__m512i hi) {
+    return _mm512_sad_epu8(_mm512_and_si512(hi, _mm512_set1_epi8(0x1c)), _mm512_setzero_si512());
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMV path: rows n .. n+R-1, every token m < M (tokens inside, so the R rows' weights stay in L1).
+
+template <int R>
+__attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, int64_t K, int64_t n, const int8_t* q,
+                  int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
+    const int64_t planes = (K + 63) / 64;
+    const int64_t full_blocks = K / kT2BlockWeights;
+    const uint8_t* w[R];
+    for (int r = 0; r < R; ++r) w[r] = packed + (n + r) * int64_t(rb);
+    int32_t corr[R] = {};
+    for (int r = 0; r < R; ++r) {
+        for (int64_t b = 0; b < int64_t(rb) / kT2BlockBytes; ++b) {
+            const uint8_t* blk = w[r] + b * kT2BlockBytes + 32;
+            for (int s = 0; s < 4; ++s) {
+                uint64_t mm;
+                std::memcpy(&mm, blk + 8 * s, sizeof mm);
+                corr[r] += int32_t(_mm_popcnt_u64(mm));
+            }
+        }
+    }
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t m = 0; m < M; ++m) {
+        const int8_t* a = q + m * ldq;
+        __m512i s[R];
+        for (int r = 0; r < R; ++r) s[r] = _mm512_setzero_si512();
+        auto plane = [&](int64_t off, __m512i x) {
+            const __m512i nx = vnot(x);
+            for (int r = 0; r < R; ++r) {
+                const __m512i d = select(load_mask(w[r] + off), load_mask(w[r] + off + 32), x, nx);
+                s[r] = _mm512_dpbusd_epi32(s[r], ones, d);
+            }
+        };
+        for (int64_t b = 0; b < full_blocks; ++b) {
+            const int8_t* ab = a + b * kT2BlockWeights;
+            for (int sub = 0; sub < 4; ++sub)
+                plane(b * kT2BlockBytes + 8 * sub, _mm512_loadu_si512(ab + 64 * sub));
+        }
+        for (int64_t p = full_blocks * 4; p < planes; ++p)
+            plane((p / 4) * kT2BlockBytes + 8 * (p % 4),
+                  _mm512_maskz_loadu_epi8(plane_mask(K, p), a + 64 * p));
+        store_sums<R>(s, corr, acc + m * ldc + n);
+    }
+}
+
+template <int R>
+__attribute__((noinline)) void t1_gemv_rows(const T1Decoder& dec, const uint8_t* packed, size_t rb, int64_t K, int64_t n,
+                  const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
+    const int64_t planes = (K + 63) / 64;
+    const int64_t nblocks = (planes + 4) / 5;  // blocks holding a plane below K
+    const uint8_t* w[R];
+    for (int r = 0; r < R; ++r) w[r] = packed + (n + r) * int64_t(rb);
+    const __m512i ones = _mm512_set1_epi8(1);
+    int32_t corr[R];
+    for (int64_t m = 0; m < M; ++m) {
+        const int8_t* a = q + m * ldq;
+        __m512i s[R], cnt[R];
+        for (int r = 0; r < R; ++r) s[r] = cnt[r] = _mm512_setzero_si512();
+        for (int64_t b = 0; b < nblocks; ++b) {
+            const int8_t* ab = a + b * kT1BlockWeights;
+            const int64_t p0 = 5 * b;
+            __m512i x[5], nx[5];
+            const bool full = K >= (p0 + 5) * 64;
+            for (int i = 0; i < 5; ++i) {
+                if (full) x[i] = _mm512_loadu_si512(ab + 64 * i);
+                else if (p0 + i < planes) x[i] = _mm512_maskz_loadu_epi8(plane_mask(K, p0 + i), ab + 64 * i);
+                else x[i] = _mm512_setzero_si512();  // padding plane: weights are 0
+                nx[i] = vnot(x[i]);
+            }
+            for (int r = 0; r < R; ++r) {
+                __m512i lo, hi;
+                dec.lookup(_mm512_loadu_si512(w[r] + b * kT1BlockBytes), lo, hi);
+                if (m == 0) cnt[r] = _mm512_add_epi64(cnt[r], t1_minus_count4(hi));
+                for (int i = 0; i < 5; ++i) {
+                    __mmask64 kp, km;
+                    t1_digit_masks(i, lo, hi, kp, km);
+                    s[r] = _mm512_dpbusd_epi32(s[r], ones, select(kp, km, x[i], nx[i]));
+                }
+            }
+        }
+        if (m == 0) {
+            // Padding codes (weight 0 = digit 1) add no -1s, so whole blocks can be counted.
+            for (int r = 0; r < R; ++r) corr[r] = int32_t(_mm512_reduce_add_epi64(cnt[r]) >> 2);
+        }
+        store_sums<R>(s, corr, acc + m * ldc + n);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM path: a tile of R rows expanded to byte masks, reused by every token.
+
+// Thread-local scratch, 64-byte aligned; grows, never shrinks.
+struct Scratch {
+    void* p = nullptr;
+    size_t size = 0;
+    ~Scratch() { std::free(p); }
+    void* get(size_t bytes) {
+        if (bytes > size) {
+            std::free(p);
+            size = (bytes + 4095) / 4096 * 4096;
+            p = std::aligned_alloc(64, size);
+            if (!p) std::abort();
+        }
+        return p;
+    }
+};
+
+// e: [planes][R][2] vectors (minus, nonzero). Returns nothing; fills corr[r] with -1 counts.
+template <int R>
+void t2_expand(const uint8_t* packed, size_t rb, int64_t planes, int64_t n, __m512i* e,
+               int32_t* corr) {
+    for (int r = 0; r < R; ++r) {
+        const uint8_t* w = packed + (n + r) * int64_t(rb);
+        int32_t c = 0;
+        for (int64_t p = 0; p < planes; ++p) {
+            const uint8_t* blk = w + (p / 4) * kT2BlockBytes + 8 * (p % 4);
+            uint64_t plus, minus;
+            std::memcpy(&plus, blk, sizeof plus);
+            std::memcpy(&minus, blk + 32, sizeof minus);
+            c += int32_t(_mm_popcnt_u64(minus));
+            e[(p * R + r) * 2] = _mm512_movm_epi8(_cvtu64_mask64(minus));
+            e[(p * R + r) * 2 + 1] = _mm512_movm_epi8(_cvtu64_mask64(plus | minus));
+        }
+        corr[r] = c;
+    }
+}
+
+template <int R>
+void t1_expand(const T1Decoder& dec, const uint8_t* packed, size_t rb, int64_t planes, int64_t n,
+               __m512i* e, int32_t* corr) {
+    const int64_t nblocks = (planes + 4) / 5;
+    for (int r = 0; r < R; ++r) {
+        const uint8_t* w = packed + (n + r) * int64_t(rb);
+        __m512i cnt = _mm512_setzero_si512();
+        for (int64_t b = 0; b < nblocks; ++b) {
+            __m512i lo, hi;
+            dec.lookup(_mm512_loadu_si512(w + b * kT1BlockBytes), lo, hi);
+            cnt = _mm512_add_epi64(cnt, t1_minus_count4(hi));
+            for (int i = 0; i < 5 && 5 * b + i < planes; ++i) {
+                __mmask64 kp, km;
+                t1_digit_masks(i, lo, hi, kp, km);
+                const int64_t p = 5 * b + i;
+                e[(p * R + r) * 2] = _mm512_movm_epi8(km);
+                e[(p * R + r) * 2 + 1] = _mm512_movm_epi8(_kor_mask64(kp, km));
+            }
+        }
+        corr[r] = int32_t(_mm512_reduce_add_epi64(cnt) >> 2);
+    }
+}
+
+// acc rows n..n+R-1 for tokens m0..m0+T-1 from the expanded tile e.
+template <int R, int T>
+__attribute__((noinline)) void gemm_tile(const __m512i* e, int64_t planes, int64_t K, const int8_t* q, int64_t ldq,
+               const int32_t* corr, int32_t* out, int64_t ldc) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i s[T][R];
+    for (int t = 0; t < T; ++t)
+        for (int r = 0; r < R; ++r) s[t][r] = _mm512_setzero_si512();
+    auto plane = [&](int64_t p, __mmask64 km, bool masked) {
+        __m512i mi[R], nz[R];
+        for (int r = 0; r < R; ++r) {
+            mi[r] = _mm512_load_si512(e + (p * R + r) * 2);
+            nz[r] = _mm512_load_si512(e + (p * R + r) * 2 + 1);
+        }
+        for (int t = 0; t < T; ++t) {
+            const int8_t* a = q + t * ldq + 64 * p;
+            const __m512i x = masked ? _mm512_maskz_loadu_epi8(km, a) : _mm512_loadu_si512(a);
+            for (int r = 0; r < R; ++r)
+                s[t][r] = _mm512_dpbusd_epi32(s[t][r], ones, select_bytes(x, mi[r], nz[r]));
+        }
+    };
+    for (int64_t p = 0; p + 1 < planes; ++p) plane(p, _cvtu64_mask64(~0ull), false);
+    plane(planes - 1, plane_mask(K, planes - 1), true);
+    for (int t = 0; t < T; ++t) store_sums<R>(s[t], corr, out + t * ldc);
+}
+
+template <int R>
+void gemm_rows(const __m512i* e, int64_t planes, int64_t K, const int8_t* q, int64_t ldq, int64_t M,
+               const int32_t* corr, int32_t* acc, int64_t ldc) {
+    int64_t m = 0;
+    for (; m + kTokens <= M; m += kTokens)
+        gemm_tile<R, kTokens>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc);
+    switch (M - m) {
+        case 3: gemm_tile<R, 3>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc); break;
+        case 2: gemm_tile<R, 2>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc); break;
+        case 1: gemm_tile<R, 1>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc); break;
+        default: break;
+    }
+}
+
+template <int R>
+void ternary_rows(Format fmt, const T1Decoder* dec, const uint8_t* packed, size_t rb, int64_t K,
+                  int64_t n, const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc,
+                  Scratch& scratch) {
+    if (M < kGemmMinTokens) {
+        if (fmt == Format::T2) t2_gemv_rows<R>(packed, rb, K, n, q, ldq, M, acc, ldc);
+        else t1_gemv_rows<R>(*dec, packed, rb, K, n, q, ldq, M, acc, ldc);
+        return;
+    }
+    const int64_t planes = (K + 63) / 64;
+    auto* e = static_cast<__m512i*>(scratch.get(size_t(planes) * R * 2 * sizeof(__m512i)));
+    int32_t corr[R];
+    if (fmt == Format::T2) t2_expand<R>(packed, rb, planes, n, e, corr);
+    else t1_expand<R>(*dec, packed, rb, planes, n, e, corr);
+    gemm_rows<R>(e, planes, K, q, ldq, M, corr, acc + n, ldc);
+}
+
+thread_local Scratch tl_scratch;
+
+void ternary_any(Format fmt, const uint8_t* packed, int64_t K, int64_t n0, int64_t n1,
+                 const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
+    const size_t rb = row_bytes(fmt, K);
+    T1Decoder dec;
+    Scratch& scratch = tl_scratch;
+    int64_t n = n0;
+    for (; n + kRows <= n1; n += kRows)
+        ternary_rows<kRows>(fmt, &dec, packed, rb, K, n, q, ldq, M, acc, ldc, scratch);
+    switch (n1 - n) {
+        case 3: ternary_rows<3>(fmt, &dec, packed, rb, K, n, q, ldq, M, acc, ldc, scratch); break;
+        case 2: ternary_rows<2>(fmt, &dec, packed, rb, K, n, q, ldq, M, acc, ldc, scratch); break;
+        case 1: ternary_rows<1>(fmt, &dec, packed, rb, K, n, q, ldq, M, acc, ldc, scratch); break;
+        default: break;
+    }
+}
+
+void ternary_t2_avx512(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1, const int8_t* q,
+                       int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
+    ternary_any(Format::T2, packed, K, n0, n1, q, ldq, M, acc, ldc);
+}
+
+void ternary_t1_avx512(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1, const int8_t* q,
+                       int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
+    ternary_any(Format::T1, packed, K, n0, n1, q, ldq, M, acc, ldc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Same operations as quantize_row_ref, 16 lanes at a time: |x|, max (NaN ignored as std::max
+// does), scale = 127 / max(amax, 1e-5), nearest-even rounding of x * scale, clamp (NaN -> -128
+// like the reference's std::max(-128.f, r)), saturating narrow.
+float quantize_row_avx512(const float* x, int64_t K, int8_t* q) {
+    __m512 amax = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) amax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + k)), amax);
+    if (k < K) {
+        const __mmask16 t = _cvtu32_mask16((1u << (K - k)) - 1);
+        amax = _mm512_mask_max_ps(amax, t, _mm512_abs_ps(_mm512_maskz_loadu_ps(t, x + k)), amax);
+    }
+    const float am = _mm512_reduce_max_ps(amax);
+    const float scale = 127.f / (am > 1e-5f ? am : 1e-5f);
+    const __m512 vs = _mm512_set1_ps(scale), lo = _mm512_set1_ps(-128.f), hi = _mm512_set1_ps(127.f);
+    auto convert = [&](__m512 v) {
+        const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi));
+    };
+    for (k = 0; k + 16 <= K; k += 16)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtsepi32_epi8(convert(_mm512_loadu_ps(x + k))));
+    if (k < K) {
+        const __mmask16 t = _cvtu32_mask16((1u << (K - k)) - 1);
+        _mm512_mask_cvtsepi32_storeu_epi8(q + k, t, convert(_mm512_maskz_loadu_ps(t, x + k)));
+    }
+    return scale;
+}
+
+}  // namespace
 
 const KernelTable& avx512_kernels() {
     static const KernelTable t = [] {
         KernelTable k = ref_kernels();
         k.name = "avx512";
+        add_dense_kernels_avx512(k);  // f16_rows, int8_rows, attention_chunk
+        k.ternary_t2 = ternary_t2_avx512;
+        k.ternary_t1 = ternary_t1_avx512;
+        k.quantize_row = quantize_row_avx512;
         return k;
     }();
     return t;
