@@ -87,12 +87,12 @@ class TrainConfig:
 CONFIGS = {
     "test": (dict(vocab_size=300, hidden_size=64, intermediate_size=160, num_layers=2,
                   num_heads=2, num_kv_heads=1, head_dim=32, max_position=64),
-             dict(seq_len=32, batch_size=4, tokens=4096)),
+             dict(seq_len=32, batch_size=4, tokens=1024, eval_tokens=1024)),
     "tiny": (dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=2,
                   num_kv_heads=2, head_dim=64), dict(tokens=2_000_000)),
     # the shipped model: sized by measured 1-thread training speed (docs/training.md)
     "small": (dict(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
-                   num_kv_heads=4, head_dim=64), dict(tokens=5_000_000)),
+                   num_kv_heads=4, head_dim=64), dict(tokens=2_000_000)),
 }
 
 
