@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "ternary.h"
 
@@ -18,20 +19,31 @@ namespace dense {
 
 // ---- weight rows x activations: out[m, n] = sum_k x[m, k] * w[n, k] ----
 //
-// dot_tile computes an R-row x M-token tile with one vector accumulator per (row, token), k
-// ascending in steps of W with one masked tail step, then reduce. Every output element goes
-// through the same operations whatever R and M, so a result never depends on the tiling, the
-// row range or the thread count, and a token gives the same logits alone (GEMV) or in a batch.
+// One vector accumulator per (row, token) collects k ascending in steps of W, the last step
+// masked, and one reduce ends it. Every output element goes through the same operations
+// whatever the tiling (K blocks are whole vectors, and accumulators parked in memory between
+// blocks keep their bits), so a result never depends on the row range, the thread count or the
+// batch: a token gives the same logits alone (GEMV) as inside a prefill (GEMM).
+
+// acc[r][m] += w[r, k] * x[m, k] for k in [k0, k1); rows of w and x are K apart. Only the block
+// that ends at K may end off a vector boundary.
 template <class V, class T, int R, int M>
-inline void dot_tile(const T* w, int64_t K, const float* x, float* sums /* [R][M] */) {
+inline void accumulate(const T* w, const float* x, int64_t K, int64_t k0, int64_t k1,
+                       typename V::F (&acc_io)[R][M]) {
     using F = typename V::F;
     F acc[R][M];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) acc[r][m] = V::zero();
-    int64_t k = 0;
-    for (; k + V::W <= K; k += V::W) {
+        for (int m = 0; m < M; ++m) acc[r][m] = acc_io[r][m];
+    int64_t k = k0;
+    for (; k + V::W <= k1; k += V::W) {
+        if constexpr (M == 1 && V::kPrefetch > 0) {
+            if ((k * int64_t(sizeof(T))) % 64 == 0)
+#pragma GCC unroll 16
+                for (int r = 0; r < R; ++r)
+                    _mm_prefetch(reinterpret_cast<const char*>(w + r * K + k) + V::kPrefetch, _MM_HINT_T0);
+        }
         F wv[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) wv[r] = V::load_w(w + r * K + k);
@@ -42,8 +54,8 @@ inline void dot_tile(const T* w, int64_t K, const float* x, float* sums /* [R][M
             for (int r = 0; r < R; ++r) acc[r][m] = V::fma(wv[r], xv, acc[r][m]);
         }
     }
-    if (k < K) {
-        const int rest = int(K - k);
+    if (k < k1) {
+        const int rest = int(k1 - k);
         F wv[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) wv[r] = V::load_w_tail(w + r * K + k, rest);
@@ -57,62 +69,102 @@ inline void dot_tile(const T* w, int64_t K, const float* x, float* sums /* [R][M
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) sums[r * M + m] = V::reduce(acc[r][m]);
+        for (int m = 0; m < M; ++m) acc_io[r][m] = acc[r][m];
 }
 
-// Rows [n, n + R) x tokens [m0, m0 + M) into out (row stride ldc), times row_scale if given.
-template <class V, class T, int R, int M>
-inline void rows_tile(const T* w, int64_t K, int64_t n, const float* x, int64_t m0,
-                      const float* row_scale, float* out, int64_t ldc) {
-    float s[R * M];
-    dot_tile<V, T, R, M>(w + n * K, K, x + m0 * K, s);
-    for (int r = 0; r < R; ++r)
-        for (int m = 0; m < M; ++m)
-            out[(m0 + m) * ldc + n + r] = row_scale ? s[r * M + m] * row_scale[n + r] : s[r * M + m];
+// out[m0 + m, n + r] = reduce(acc[r][m]) (* row_scale[n + r]).
+template <class V, int R, int M>
+inline void store_tile(const typename V::F (&acc)[R][M], int64_t n, int64_t m0,
+                       const float* row_scale, float* out, int64_t ldc) {
+    for (int r = 0; r < R; ++r) {
+        for (int m = 0; m < M; ++m) {
+            const float s = V::reduce(acc[r][m]);
+            out[(m0 + m) * ldc + n + r] = row_scale ? s * row_scale[n + r] : s;
+        }
+    }
 }
 
-// Tokens [m0, m0 + mt) for one row group; mt <= V::kTileM picks the instantiation.
-template <class V, class T, int R>
-inline void rows_tile_m(int mt, const T* w, int64_t K, int64_t n, const float* x, int64_t m0,
-                        const float* row_scale, float* out, int64_t ldc) {
-    static_assert(V::kTileM <= 6, "add cases below");
-    switch (mt) {
-        case 1: return rows_tile<V, T, R, 1>(w, K, n, x, m0, row_scale, out, ldc);
-        case 2: return rows_tile<V, T, R, 2>(w, K, n, x, m0, row_scale, out, ldc);
-        case 3: return rows_tile<V, T, R, 3>(w, K, n, x, m0, row_scale, out, ldc);
-        case 4: return rows_tile<V, T, R, (V::kTileM >= 4 ? 4 : 1)>(w, K, n, x, m0, row_scale, out, ldc);
-        case 5: return rows_tile<V, T, R, (V::kTileM >= 5 ? 5 : 1)>(w, K, n, x, m0, row_scale, out, ldc);
-        case 6: return rows_tile<V, T, R, (V::kTileM >= 6 ? 6 : 1)>(w, K, n, x, m0, row_scale, out, ldc);
+// GEMM piece: tiles of R rows starting at row n (ntiles <= NT of them) x tokens [m0, m0 + M),
+// over K in blocks of KB: all NT tiles use one block of the M activation rows before the next
+// (from L1), and each converted weight vector feeds M FMAs from registers.
+template <class V, class T, int R, int NT, int64_t KB, int M>
+void panel_tokens(const T* w, int64_t K, int64_t n, int ntiles, const float* x, int64_t m0,
+                  const float* row_scale, float* out, int64_t ldc) {
+    typename V::F acc[NT][R][M];
+    for (int t = 0; t < ntiles; ++t)
+        for (int r = 0; r < R; ++r)
+            for (int m = 0; m < M; ++m) acc[t][r][m] = V::zero();
+    for (int64_t k0 = 0; k0 < K; k0 += KB) {
+        const int64_t k1 = std::min(K, k0 + KB);
+        for (int t = 0; t < ntiles; ++t)
+            accumulate<V, T, R, M>(w + (n + t * R) * K, x + m0 * K, K, k0, k1, acc[t]);
+    }
+    for (int t = 0; t < ntiles; ++t) store_tile<V, R, M>(acc[t], n + t * R, m0, row_scale, out, ldc);
+}
+
+// Rows [n0, n1) x all M tokens in panels of NT tiles of kTileR rows (then single rows); each
+// panel's tokens go by kTileM.
+template <class V, class T, int NT, int64_t KB>
+void gemm_panels(const T* w, const float* row_scale, int64_t K, int64_t n0, int64_t n1,
+                 const float* x, int64_t M, float* out, int64_t ldc) {
+    constexpr int TR = V::kTileR, TM = V::kTileM;
+    static_assert(TM <= 8, "add cases below");
+    for (int64_t p0 = n0; p0 < n1; p0 += int64_t(NT) * TR) {
+        const int64_t rows = std::min<int64_t>(int64_t(NT) * TR, n1 - p0);
+        const int full = int(rows / TR), rest = int(rows % TR);
+        for (int64_t m0 = 0; m0 < M; m0 += TM) {
+            auto run = [&](auto mt) {
+                constexpr int MT = decltype(mt)::value;
+                if (full) panel_tokens<V, T, TR, NT, KB, MT>(w, K, p0, full, x, m0, row_scale, out, ldc);
+                if (rest) panel_tokens<V, T, 1, TR, KB, MT>(w, K, p0 + full * TR, rest, x, m0, row_scale, out, ldc);
+            };
+            switch (std::min<int64_t>(TM, M - m0)) {
+                case 1: run(std::integral_constant<int, 1>()); break;
+                case 2: run(std::integral_constant<int, 2>()); break;
+                case 3: run(std::integral_constant<int, 3>()); break;
+                case 4: run(std::integral_constant<int, std::min(4, TM)>()); break;
+                case 5: run(std::integral_constant<int, std::min(5, TM)>()); break;
+                case 6: run(std::integral_constant<int, std::min(6, TM)>()); break;
+                case 7: run(std::integral_constant<int, std::min(7, TM)>()); break;
+                case 8: run(std::integral_constant<int, std::min(8, TM)>()); break;
+            }
+        }
     }
 }
 
 // out[m, n] (row stride ldc) = sum_k x[m, k] * w[n, k] (* row_scale[n]) for n in [n0, n1).
 //
-// GEMV (M == 1) is memory-bound: V::kGemvRows rows stream side by side, one accumulator each,
+// GEMV (M == 1) is memory-bound: V::kGemvRows rows stream side by side, one accumulator each:
 // enough independent FMA chains to cover the latency and enough read streams to keep the
-// memory system busy. GEMM is compute-bound: a panel of kPanelRows rows stays in L2 while
-// tiles of V::kTileR rows x V::kTileM tokens sweep it, so each converted weight vector feeds
-// kTileM FMAs and each activation vector kTileR FMAs.
+// memory system busy. GEMM is compute-bound, register tiles of kTileR rows x kTileM tokens.
+// While all M activation rows fit in L2/L3 comfortably, each tile runs the whole K in one go
+// over a small panel of rows; beyond that (long prompts x wide K) activations would stream from
+// DRAM once per small panel, so panels grow to 16 tiles and K goes in blocks that stay in L1.
 template <class V, class T>
 void weight_rows(const T* w, const float* row_scale, int64_t K, int64_t n0, int64_t n1,
                  const float* x, int64_t M, float* out, int64_t ldc) {
-    constexpr int GR = V::kGemvRows, TR = V::kTileR, TM = V::kTileM;
+    using F = typename V::F;
+    constexpr int GR = V::kGemvRows;
     if (M == 1) {
         int64_t n = n0;
-        for (; n + GR <= n1; n += GR) rows_tile<V, T, GR, 1>(w, K, n, x, 0, row_scale, out, ldc);
-        for (; n < n1; ++n) rows_tile<V, T, 1, 1>(w, K, n, x, 0, row_scale, out, ldc);
+        for (; n + GR <= n1; n += GR) {
+            F acc[GR][1];
+            for (int r = 0; r < GR; ++r) acc[r][0] = V::zero();
+            accumulate<V, T, GR, 1>(w + n * K, x, K, 0, K, acc);
+            store_tile<V, GR, 1>(acc, n, 0, row_scale, out, ldc);
+        }
+        for (; n < n1; ++n) {
+            F acc[1][1] = {{V::zero()}};
+            accumulate<V, T, 1, 1>(w + n * K, x, K, 0, K, acc);
+            store_tile<V, 1, 1>(acc, n, 0, row_scale, out, ldc);
+        }
         return;
     }
-    constexpr int64_t kPanelRows = 16;
-    for (int64_t p0 = n0; p0 < n1; p0 += kPanelRows) {
-        const int64_t p1 = std::min(n1, p0 + kPanelRows);
-        for (int64_t m0 = 0; m0 < M; m0 += TM) {
-            const int mt = int(std::min<int64_t>(TM, M - m0));
-            int64_t n = p0;
-            for (; n + TR <= p1; n += TR) rows_tile_m<V, T, TR>(mt, w, K, n, x, m0, row_scale, out, ldc);
-            for (; n < p1; ++n) rows_tile_m<V, T, 1>(mt, w, K, n, x, m0, row_scale, out, ldc);
-        }
-    }
+    constexpr int64_t kWholeK = int64_t(1) << 62;
+    if (M * K * int64_t(sizeof(float)) <= (int64_t(4) << 20))
+        gemm_panels<V, T, 4, kWholeK>(w, row_scale, K, n0, n1, x, M, out, ldc);
+    else
+        gemm_panels<V, T, 16, 1024>(w, row_scale, K, n0, n1, x, M, out, ldc);
 }
 
 template <class V>

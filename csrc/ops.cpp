@@ -194,7 +194,8 @@ void attention(const float* q, int64_t T, int64_t Hq, int64_t D, const float* k_
     const float scale = 1.f / std::sqrt(float(D));
     const AttnPartial pl{g, D};
     const int64_t max_chunks = (pos0 + T + kAttnChunkKeys - 1) / kAttnChunkKeys;
-    const int64_t chunk_cost = kAttnChunkKeys * g * D;
+    // Work of one task in multiply-adds (q.k and p.v per key, head and dim).
+    const int64_t chunk_cost = std::min<int64_t>(kAttnChunkKeys, pos0 + T) * g * D;
     // Partial of (token t, kv head h, chunk c) into part.
     auto run_chunk = [&](int64_t t, int64_t h, int64_t c, float* part) {
         const int64_t j0 = c * kAttnChunkKeys, n = std::min<int64_t>(kAttnChunkKeys, pos0 + t + 1 - j0);
@@ -223,7 +224,7 @@ void attention(const float* q, int64_t T, int64_t Hq, int64_t D, const float* k_
         return;
     }
     // Tasks (t, h), latest token first: causal rows grow with t, so the long ones start early.
-    parallel_rows(T * Hkv, 1, max_chunks * chunk_cost, [&](int64_t r0, int64_t r1) {
+    parallel_rows(T * Hkv, 1, (pos0 + T) * g * D, [&](int64_t r0, int64_t r1) {
         thread_local std::vector<float> parts;
         parts.resize(static_cast<size_t>(max_chunks * pl.floats()));
         for (int64_t r = r0; r < r1; ++r) {
