@@ -1,0 +1,559 @@
+"""ternary-serve: an OpenAI-compatible HTTP server over continuous batching (engine/batch.py).
+
+    ternary-serve model.tpk --host 127.0.0.1 --port 8000 --threads 4 --max-batch 8
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both with "stream": true as
+server-sent events in OpenAI's chunk format, ending with `data: [DONE]`), GET /v1/models,
+GET /health (slot occupancy). Usage and examples: docs/server.md.
+
+Threads: uvicorn's event loop runs the request handlers (parsing, tokenizing, detokenizing,
+stop strings); one engine thread runs Batch.run (the kernels release the GIL). A handler
+submits a Sequence whose callbacks post tokens to the handler's asyncio.Queue through
+loop.call_soon_threadsafe; a handler that ends early (client gone, stop string) cancels its
+Sequence, which frees the slot at once. Every handler error becomes an OpenAI-style error
+body; nothing a request does can stop the server.
+"""
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+from engine import StopStrings
+from engine.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
+from engine.sampling import Sampler, SamplingParams
+
+log = logging.getLogger("ternary.server")
+
+MAX_BODY_BYTES = 8 << 20       # a request body beyond this is refused (413)
+MAX_STOP_STRINGS = 16
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16   # OpenAI's default for /v1/completions
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class ApiError(Exception):
+    """An error answered as {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# -- request parsing -------------------------------------------------------------------------------
+_MISSING = object()
+
+
+def _type_error(name, want, value) -> ApiError:
+    return ApiError(400, f"Invalid type for '{name}': expected {want}, but got {type(value).__name__} "
+                         f"({json.dumps(value)[:50]}).", name, "invalid_type")
+
+
+def _int(body, name, default=None, lo=None, hi=None):
+    v = body.get(name, _MISSING)
+    if v is _MISSING or v is None:
+        return default
+    if isinstance(v, float) and v.is_integer():   # 16.0 from a JSON encoder is 16
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _type_error(name, "an integer", v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        bounds = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"between {lo} and {hi}"
+        raise ApiError(400, f"Invalid value for '{name}': {v}; it must be {bounds}.", name, "invalid_value")
+    return v
+
+
+def _num(body, name, default, lo=None, hi=None, lo_open=False):
+    v = body.get(name, _MISSING)
+    if v is _MISSING or v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _type_error(name, "a number", v)
+    v = float(v)
+    if not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
+        low = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+        high = "" if hi is None else f"<= {hi:g}"
+        raise ApiError(400, f"Invalid value for '{name}': {v:g}; it must be {' and '.join(filter(None, (low, high)))}.",
+                       name, "invalid_value")
+    return v
+
+
+def _bool(body, name, default=False):
+    v = body.get(name, _MISSING)
+    if v is _MISSING or v is None:
+        return default
+    if not isinstance(v, bool):
+        raise _type_error(name, "a boolean", v)
+    return v
+
+
+def _unsupported(body, name, allowed=(None, False, 0, "", [], {})):
+    """Accept a parameter only at a value that means 'off'."""
+    v = body.get(name)
+    if not any(v is a or (type(v) is type(a) and v == a) for a in allowed):
+        raise ApiError(400, f"'{name}' is not supported by this server (got {json.dumps(v)[:50]}).",
+                       name, "unsupported_parameter")
+
+
+def _stop(body) -> list[str]:
+    v = body.get("stop")
+    if v is None:
+        return []
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise _type_error("stop", "a string or an array of strings", v)
+    if len(v) > MAX_STOP_STRINGS:
+        raise ApiError(400, f"Invalid value for 'stop': at most {MAX_STOP_STRINGS} stop strings.", "stop",
+                       "invalid_value")
+    return [s for s in v if s]
+
+
+@dataclass
+class GenRequest:
+    prompt_ids: list
+    max_tokens: int
+    params: SamplingParams
+    seed: int | None
+    stop: list
+    ignore_eos: bool
+    return_token_ids: bool
+    stream: bool
+    include_usage: bool
+
+
+# -- the server ------------------------------------------------------------------------------------
+class Server:
+    def __init__(self, engine, batch: Batch, model_id: str):
+        self.engine, self.batch, self.model_id = engine, batch, model_id
+        self.tokenizer = engine.tokenizer
+        self.ctx = engine.ctx
+        self.vocab_size = engine.model.args.vocab_size
+        self.created = int(time.time())
+
+    # -- parsing shared by both endpoints ------------------------------------------------------
+    def _check_model(self, body):
+        m = body.get("model")
+        if m is None:
+            return
+        if not isinstance(m, str):
+            raise _type_error("model", "a string", m)
+        if m != self.model_id:
+            raise ApiError(400, f"The model '{m}' does not exist; this server serves '{self.model_id}'.",
+                           "model", "model_not_found")
+
+    def _gen_request(self, body, prompt_ids, chat: bool) -> GenRequest:
+        if _int(body, "n", 1) != 1:
+            raise ApiError(400, "Only n=1 is supported.", "n", "unsupported_value")
+        if _int(body, "best_of", 1) != 1:
+            raise ApiError(400, "Only best_of=1 is supported.", "best_of", "unsupported_value")
+        for name in ("logprobs", "top_logprobs", "echo", "suffix", "logit_bias", "tools", "functions",
+                     "presence_penalty", "frequency_penalty"):
+            _unsupported(body, name)
+        rf = body.get("response_format")
+        if rf is not None and rf != {"type": "text"}:
+            raise ApiError(400, "Only response_format {\"type\": \"text\"} is supported.", "response_format",
+                           "unsupported_parameter")
+        stream = _bool(body, "stream")
+        so = body.get("stream_options")
+        if so is not None and not isinstance(so, dict):
+            raise _type_error("stream_options", "an object", so)
+        include_usage = _bool(so or {}, "include_usage")
+        max_tokens = _int(body, "max_completion_tokens", None, lo=1)
+        max_tokens = _int(body, "max_tokens", max_tokens, lo=1)
+        temperature = _num(body, "temperature", 1.0, 0.0, 2.0)
+        top_p = _num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
+        top_k = _int(body, "top_k", 0, lo=-1)
+        min_p = _num(body, "min_p", 0.0, 0.0, 1.0)
+        rep = _num(body, "repetition_penalty", 1.0, 0.0, lo_open=True)
+        seed = _int(body, "seed")
+        stop = _stop(body)
+        ignore_eos = _bool(body, "ignore_eos")
+        return_token_ids = _bool(body, "return_token_ids")
+
+        n = len(prompt_ids)
+        if n == 0:
+            raise ApiError(400, "The prompt is empty (it encodes to no tokens).", "messages" if chat else "prompt")
+        if max_tokens is None:
+            room = self.ctx - n
+            max_tokens = room if chat else min(COMPLETIONS_DEFAULT_MAX_TOKENS, room)
+        if n + max(max_tokens, 1) > self.ctx:
+            raise ApiError(400, f"This model's maximum context length is {self.ctx} tokens. However, you "
+                                f"requested {n + max_tokens} tokens ({n} in the "
+                                f"{'messages' if chat else 'prompt'}, {max_tokens} for the completion). "
+                                f"Please reduce the length of the {'messages' if chat else 'prompt'} or "
+                                f"max_tokens.", "messages" if chat else "prompt", "context_length_exceeded")
+        params = SamplingParams(temperature=temperature, top_k=max(top_k, 0), top_p=top_p, min_p=min_p,
+                                repetition_penalty=rep)
+        return GenRequest(prompt_ids, max_tokens, params, None if seed is None else seed % 2**64, stop,
+                          ignore_eos, return_token_ids, stream, include_usage)
+
+    def _completion_prompt(self, body) -> list[int]:
+        p = body.get("prompt", _MISSING)
+        if p is _MISSING or p is None:
+            raise ApiError(400, "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+        if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
+            p = p[0]                            # a batch of one prompt
+        if isinstance(p, str):
+            return self.tokenizer.encode(p)
+        if isinstance(p, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in p):
+            if any(not 0 <= i < self.vocab_size for i in p):
+                raise ApiError(400, f"Token ids in 'prompt' must be in [0, {self.vocab_size}).", "prompt",
+                               "invalid_value")
+            return list(p)
+        if isinstance(p, list) and p and all(isinstance(x, (str, list)) for x in p):
+            raise ApiError(400, "Only one prompt per request is supported.", "prompt", "unsupported_value")
+        raise _type_error("prompt", "a string, an array of token ids, or an array of one of those", p)
+
+    def _chat_prompt(self, body) -> list[int]:
+        msgs = body.get("messages", _MISSING)
+        if msgs is _MISSING or msgs is None:
+            raise ApiError(400, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
+        if not isinstance(msgs, list) or not msgs:
+            raise ApiError(400, "'messages' must be a non-empty array of message objects.", "messages",
+                           "invalid_type" if not isinstance(msgs, list) else "invalid_value")
+        out = []
+        for i, m in enumerate(msgs):
+            where = f"messages[{i}]"
+            if not isinstance(m, dict):
+                raise _type_error(where, "an object", m)
+            role = m.get("role")
+            if role not in ROLES:
+                raise ApiError(400, f"Invalid value for '{where}.role': {json.dumps(role)[:40]}; supported "
+                                    f"roles: {', '.join(ROLES)}.", f"{where}.role", "invalid_value")
+            content = m.get("content")
+            if content is None:
+                content = ""
+            elif isinstance(content, list):         # content parts: text only
+                texts = []
+                for part in content:
+                    text = part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None
+                    if not isinstance(text, str):
+                        raise ApiError(400, f"'{where}.content': only text parts are supported.",
+                                       f"{where}.content", "unsupported_value")
+                    texts.append(text)
+                content = "".join(texts)
+            elif not isinstance(content, str):
+                raise _type_error(f"{where}.content", "a string or an array of text parts", content)
+            out.append({"role": ROLES[role], "content": content})
+        try:
+            return self.engine.chat_ids(out)
+        except Exception as e:  # a chat template may raise on e.g. roles out of order
+            raise ApiError(400, f"The chat template rejected the messages: {e}", "messages") from None
+
+    # -- generation ----------------------------------------------------------------------------
+    def start(self, req: GenRequest):
+        """Submit req -> (seq, events): events is an async iterator of (text, finish_reason,
+        token_ids, completion_tokens): text pieces with finish_reason None, then one last item
+        with "stop" or "length" (none if the sequence was cancelled); token_ids are the tokens
+        new since the previous item. Leaving the iterator early (client gone, stop string,
+        error) cancels seq. 429 when the queue is full."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()   # bounded by max_tokens + 1 items
+        put = queue.put_nowait
+        seq = Sequence(req.prompt_ids, req.max_tokens,
+                       Sampler(req.params, self.vocab_size, req.seed),
+                       frozenset() if req.ignore_eos else self.tokenizer.stop_ids,
+                       on_token=lambda t: loop.call_soon_threadsafe(put, ("token", t)),
+                       on_finish=lambda r: loop.call_soon_threadsafe(put, ("end", r)))
+        try:
+            self.batch.submit(seq)
+        except QueueFull as e:
+            raise ApiError(429, f"The server is busy ({e}); retry later.", None, "rate_limit_exceeded",
+                           "requests") from None
+        return seq, self._events(seq, queue, req.stop, every_token=req.return_token_ids)
+
+    async def _events(self, seq, queue, stop, every_token: bool):
+        """every_token: an item per token even when it completes no text yet."""
+        detok, stops = self.tokenizer.stream_decoder(context_ids=seq.prompt_ids), StopStrings(stop)
+        ids, n = [], 0
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "token":
+                    n += 1
+                    ids.append(value)
+                    text, hit = stops.feed(detok.push(value))
+                    if hit:
+                        self.batch.cancel(seq)
+                        yield text, "stop", ids, n
+                        return
+                    if text or every_token:
+                        yield text, None, ids, n
+                        ids = []
+                    continue
+                if value == ERROR:
+                    raise ApiError(500, f"generation failed: {seq.error}", type="server_error")
+                if value == CANCELLED:   # the client left, or the server is shutting down
+                    return
+                text, hit = stops.feed(detok.flush())
+                yield text + ("" if hit else stops.flush()), value, ids, n
+                return
+        finally:
+            self.batch.cancel(seq)   # no-op when finished; frees the slot when the client left
+
+    def usage(self, req: GenRequest, n: int) -> dict:
+        p = len(req.prompt_ids)
+        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+
+
+def create_app(engine, batch: Batch, model_id: str):
+    """The FastAPI app over engine (tokenizer, chat template) and batch (started and closed
+    with the app's lifespan)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.background import BackgroundTask
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    srv = Server(engine, batch, model_id)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batch.start()
+        yield
+        batch.close()
+
+    app = FastAPI(title="ternary-serve", lifespan=lifespan)
+    app.state.server = srv
+
+    def error_response(e: ApiError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if e.status in (429, 503) else None
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e):
+        return error_response(ApiError(e.status_code, str(e.detail), type="invalid_request_error"
+                                       if e.status_code < 500 else "server_error"))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, e):
+        return error_response(ApiError(400, f"Invalid request: {e.errors()}"))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request, e):
+        log.exception("request failed")
+        return error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
+
+    async def read_json(request: Request) -> dict:
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+            raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_BODY_BYTES:
+                raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+        try:
+            body = json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise ApiError(400, f"We could not parse the JSON body of your request ({e}).") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        return body
+
+    async def watch_disconnect(request: Request, seq: Sequence):
+        """Cancel seq when the client of a non-streaming request goes away (body already read)."""
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                batch.cancel(seq)
+                return
+
+    def sse(obj) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    async def run(request: Request, req: GenRequest, chunk, final, kind: str):
+        """Stream (SSE) or collect one generation; chunk(text, finish) -> a chunk dict,
+        final(text, finish, usage) -> the whole response dict; "token_ids" added on request."""
+        def with_ids(c, ids):
+            if req.return_token_ids:
+                c["choices"][0]["token_ids"] = ids
+            return c
+
+        seq, events = srv.start(req)
+        if req.stream:
+            async def body():
+                n = 0
+                try:
+                    if kind == "chat":
+                        yield sse(chunk(None, None))
+                    async for text, finish, ids, n in events:
+                        if text or finish or ids and req.return_token_ids:
+                            yield sse(with_ids(chunk(text, finish), ids))
+                    if seq.finish_reason == CANCELLED and n == 0:
+                        raise ApiError(503, "The request was cancelled (the server is shutting down).",
+                                       type="server_error")
+                    if req.include_usage:
+                        c = chunk("", None)
+                        c["choices"], c["usage"] = [], srv.usage(req, n)
+                        yield sse(c)
+                except ApiError as e:   # headers are sent: the error goes in the stream
+                    yield sse(e.body())
+                except Exception as e:  # never leave a stream without an ending
+                    log.exception("stream failed")
+                    yield sse(ApiError(500, f"internal error: {e}", type="server_error").body())
+                finally:
+                    await events.aclose()
+                yield "data: [DONE]\n\n"
+
+            # background: runs even when the client leaves before the body starts.
+            return StreamingResponse(body(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                     background=BackgroundTask(batch.cancel, seq))
+        watcher = asyncio.create_task(watch_disconnect(request, seq))
+        pieces, all_ids, finish, n = [], [], None, 0
+        try:
+            async for text, finish, ids, n in events:
+                pieces.append(text)
+                all_ids += ids
+        finally:
+            watcher.cancel()
+            await events.aclose()
+        if finish is None:
+            raise ApiError(503, "The request was cancelled (client gone or server shutting down).",
+                           type="server_error")
+        return JSONResponse(with_ids(final("".join(pieces), finish, srv.usage(req, n)), all_ids))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await read_json(request)
+        srv._check_model(body)
+        req = srv._gen_request(body, srv._completion_prompt(body), chat=False)
+        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(text, finish):
+            return {"id": cid, "object": "text_completion", "created": created, "model": srv.model_id,
+                    "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
+
+        def final(text, finish, usage):
+            c = chunk(text, finish)
+            c["usage"] = usage
+            return c
+
+        return await run(request, req, chunk, final, "text")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await read_json(request)
+        srv._check_model(body)
+        req = srv._gen_request(body, srv._chat_prompt(body), chat=True)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(text, finish):
+            delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": srv.model_id,
+                    "system_fingerprint": None,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        def final(text, finish, usage):
+            return {"id": cid, "object": "chat.completion", "created": created, "model": srv.model_id,
+                    "system_fingerprint": None,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "logprobs": None, "finish_reason": finish}],
+                    "usage": usage}
+
+        return await run(request, req, chunk, final, "chat")
+
+    def model_card():
+        return {"id": srv.model_id, "object": "model", "created": srv.created, "owned_by": "ternary-engine",
+                "context_length": srv.ctx}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        if name != srv.model_id:
+            raise ApiError(404, f"The model '{name}' does not exist.", "model", "model_not_found")
+        return model_card()
+
+    @app.get("/health")
+    async def health():
+        occ = batch.occupancy()
+        ok = occ["engine_alive"]
+        return JSONResponse({"status": "ok" if ok else "error", "model": srv.model_id, "ctx": srv.ctx, **occ},
+                            status_code=200 if ok else 503)
+
+    return app
+
+
+# -- command line ----------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise SystemExit(f"error: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ternary-serve",
+                description="Serve a ternary (BitNet b1.58) .tpk model over an OpenAI-compatible HTTP API "
+                            "(/v1/completions, /v1/chat/completions, /v1/models, /health) with continuous "
+                            "batching: concurrent requests share each decode step.")
+    p.add_argument("model", nargs="?", default=None, help="the .tpk model (default: the embedded model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the kernels (default: the number of physical cores)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="B",
+                   help="sequences generated together, each with its own KV cache slot (default 8)")
+    p.add_argument("--queue", type=int, default=64, metavar="Q",
+                   help="requests that may wait for a slot; beyond it requests get 429 (default 64)")
+    p.add_argument("--ctx", type=int, default=None, metavar="C",
+                   help="context per request in tokens, prompt plus completion (default: the model's "
+                        "max_position, at most 4096); KV memory is max-batch x ctx")
+    p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, metavar="T",
+                   help="prompt tokens run per step while others are generating (default "
+                        f"{DEFAULT_PREFILL_CHUNK}): smaller keeps their tokens flowing, larger "
+                        "answers new prompts sooner")
+    p.add_argument("--model-name", default=None, metavar="NAME",
+                   help="the model id clients pass as 'model' (default: the file name without .tpk)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("threads", "max_batch", "ctx", "prefill_chunk"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.queue < 0:
+        raise SystemExit(f"error: --queue must be >= 0, got {args.queue}")
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+
+    import uvicorn
+
+    from engine import Engine
+    from engine.tpk import TpkError
+
+    try:
+        engine = Engine(args.model, threads=args.threads, ctx=args.ctx)
+    except (TpkError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    batch = Batch(engine.model, max_batch=args.max_batch, max_queue=args.queue, prefill_chunk=args.prefill_chunk)
+    model_id = args.model_name or os.path.splitext(os.path.basename(engine.path))[0]
+    kv = batch.caches[0].nbytes
+    log.info("model %s: ctx %d, %d slots, KV cache up to %.0f MB per slot (%.0f MB in all, touched lazily)",
+             model_id, engine.ctx, args.max_batch, kv / 2**20, kv * args.max_batch / 2**20)
+    app = create_app(engine, batch, model_id)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
