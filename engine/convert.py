@@ -1,0 +1,632 @@
+"""ternary-convert: Hugging Face checkpoints and GGUF files -> .tpk (docs/CONTRACTS.md).
+
+    ternary-convert SRC -o model.tpk [--weights t2|t1] [--dtype f16] [--lm-head f16|int8]
+                                     [--scale absmean|absmedian]
+
+SRC kinds (../shared/FORMATS.md), told apart by config.json and the tensor names:
+  bitnet + quantization_config bitnet/autobitlinear/offline   packed ternary, out = acc/a*s ("mul")
+  bitnet + ... /autobitlinear/online                          bf16 masters, absmean at conversion
+  llama  + quantization_config bitnet/bitlinear               packed ternary, out = acc/(a*s) ("div")
+  llama with sub-norms inner_attn_ln / ffn_layernorm          1bitLLM shadow weights, --scale
+  llama (plain)                                               fp16 model (or --weights: absmean)
+  a .gguf file of the llama or bitnet architecture            engine/gguf_reader.py
+
+The rules below were checked against the installed transformers 5.23 sources:
+  integrations/bitnet.py      pack_weights/unpack_weights (packed layout), BitLinear (divides by
+                              the weight scale), AutoBitLinear (multiplies), WeightQuant (absmean:
+                              s = 1/max(mean|W|, 1e-5), q = clamp(round(W*s), -1, 1), W' = q/s),
+                              BitNetDeserialize (unpacks only when rows*4 == out_features),
+                              replace_with_bitnet_linear (linear_class != autobitlinear ->
+                              BitLinear whatever the quantization_mode; use_rms_norm ->
+                              LlamaRMSNorm(in_features, quantization_config.rms_norm_eps))
+  utils/quantization_config.py  BitNetQuantConfig defaults: bitlinear, offline, rms_norm_eps 1e-6
+  quantizers/base.py          get_keys_to_not_convert: lm_head (output embeddings) stays float
+  models/bitnet/modeling_bitnet.py  attn_sub_norm (hidden) before o_proj, ffn_sub_norm
+                              (intermediate) before down_proj, relu2, rotate_half RoPE (NeoX),
+                              head_dim = hidden // heads (BitNetConfig has no head_dim field)
+  models/bitnet/configuration_bitnet.py  default_theta 500000, rms_norm_eps 1e-5,
+                              tie_word_embeddings default False
+  models/llama/modeling_llama.py, configuration_llama.py  silu MLP, head_dim field,
+                              attention_bias / mlp_bias, rms_norm_eps default 1e-6
+  modeling_rope_utils.py      rope_theta: rope_parameters["rope_theta"], else top-level
+                              rope_theta, else the config class's default_theta
+Memory: at most one tensor's float32 copy exists at a time; big matrices go in row chunks.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from engine import tpk
+from engine.tpk import TpkError
+
+CHUNK_ELEMS = 1 << 22   # elements per row chunk of float work: stays in L2/L3, not a full copy
+DEFAULT_THETA = {"bitnet": 500000.0, "llama": 10000.0}
+HF_PROJ = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
+           "attn.o": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
+           "mlp.down": "mlp.down_proj"}
+# Sub-norm names: transformers BitNet / 1bitLLM shadow-weight checkpoints.
+SUB_NORMS = {"attn.sub_norm": ("self_attn.attn_sub_norm", "self_attn.inner_attn_ln"),
+             "mlp.sub_norm": ("mlp.ffn_sub_norm", "mlp.ffn_layernorm")}
+EOT_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endofturn|>")
+
+
+class ConvertError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# source tensors: numpy views of the file (bf16 as uint16) converted to float32 in row chunks
+
+
+class SrcTensor:
+    """One source tensor, read lazily in row chunks as float32.
+
+    arr: numpy view of the stored data, first axis = rows; dtype: "BF16" | "F16" | "F32" | "F64"
+    (bf16 arrives as uint16) or "GGML" for GGUF block-quantized rows, which dequant(raw rows)
+    turns into float32. row_index: a row permutation applied on reading (GGUF Q/K rows).
+    """
+
+    def __init__(self, arr, dtype, dequant=None, shape=None, row_index=None):
+        self.arr, self.dtype, self.dequant, self.row_index = arr, dtype, dequant, row_index
+        self.shape = tuple(shape if shape is not None else arr.shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape))
+
+    def f32(self, rows=slice(None)):
+        if self.row_index is not None:
+            rows = self.row_index[rows]
+        a = self.arr[rows]
+        if self.dtype == "BF16":  # bf16 is the top half of a float32
+            return (a.astype(np.uint32) << 16).view(np.float32)
+        if self.dtype in ("F16", "F32", "F64"):
+            return a.astype(np.float32)
+        if self.dtype == "GGML":
+            return self.dequant(a).astype(np.float32, copy=False).reshape((-1,) + self.shape[1:])
+        raise ConvertError(f"a tensor of dtype {self.dtype} where float weights were expected")
+
+    def row_chunks(self):
+        rows = self.shape[0] if self.shape else 1
+        step = max(1, CHUNK_ELEMS // max(1, self.size // max(rows, 1)))
+        for r0 in range(0, rows, step):
+            yield slice(r0, min(rows, r0 + step))
+
+    def abs_median(self):
+        """The lower median of |W| (torch.median's choice), found on the bit patterns: for
+        non-negative IEEE numbers the integer order is the numeric order, so no float copy."""
+        width = {"BF16": 16, "F16": 16, "F32": 32}.get(self.dtype)
+        if width is None:
+            a = np.abs(self.f32().ravel())
+            return float(np.partition(a, (a.size - 1) // 2)[(a.size - 1) // 2])
+        utype = np.uint16 if width == 16 else np.uint32
+        bits = self.arr.view(utype).ravel() & utype((1 << (width - 1)) - 1)
+        k = (bits.size - 1) // 2
+        m = np.partition(bits, k)[k:k + 1]
+        if self.dtype == "BF16":
+            return float((m.astype(np.uint32) << 16).view(np.float32)[0])
+        return float(m.view(np.float16 if self.dtype == "F16" else np.float32)[0])
+
+
+def ternarize(t, method):
+    """Float weights -> (int8 ternary [N, K], f32 scale) with out = acc / act_scale * scale.
+
+    absmean as transformers WeightQuant (integrations/bitnet.py) and 1bitLLM's weight_quant:
+    s = 1 / max(mean|W|, 1e-5) in float32, q = clamp(rint(W * s), -1, 1), W ~ q / s.
+    absmedian (BitNet b1.58 Reloaded, arXiv 2407.09527): median|W| in place of the mean.
+    """
+    if method == "absmean":
+        total = 0.0
+        for rows in t.row_chunks():
+            total += float(np.abs(t.f32(rows)).sum(dtype=np.float64))
+        m = total / max(1, t.size)
+    elif method == "absmedian":
+        m = t.abs_median()
+    else:
+        raise ConvertError(f"unknown --scale {method!r}")
+    s = np.float32(1.0) / np.float32(max(m, 1e-5))
+    q = np.empty(t.shape, dtype=np.int8)
+    for rows in t.row_chunks():
+        q[rows] = np.clip(np.rint(t.f32(rows) * s), -1, 1)
+    return q, np.float32(1.0) / s
+
+
+def exact_ternary(t):
+    """If t holds only {-a, 0, +a} (ternary weights already dequantized), (q, a); else None."""
+    a = 0.0
+    for rows in t.row_chunks():
+        a = max(a, float(np.abs(t.f32(rows)).max(initial=0.0)))
+    q = np.empty(t.shape, dtype=np.int8)
+    for rows in t.row_chunks():
+        w = t.f32(rows)
+        if not np.all((w == 0) | (np.abs(w) == np.float32(a))):
+            return None
+        q[rows] = np.sign(w)
+    return q, np.float32(a if a > 0 else 1.0)
+
+
+def unpack_hf(packed, n):
+    """transformers' packed ternary U8 [n/4, K] -> int8 [n, K].
+
+    integrations/bitnet.py pack_weights: byte[r, c] bits (2i, 2i+1) = W[i*R + r, c] + 1, R = n/4.
+    """
+    r = packed.shape[0]
+    if r * 4 != n:
+        raise ConvertError(f"packed weight has {r} rows, expected {n}/4 (out_features must be a multiple of 4)")
+    out = np.empty((n, packed.shape[1]), dtype=np.int8)
+    for i in range(4):
+        codes = (packed >> np.uint8(2 * i)) & np.uint8(3)
+        if np.any(codes == 3):
+            raise ConvertError("packed weight holds the code 3, which is not a ternary value")
+        out[i * r:(i + 1) * r] = codes.view(np.int8) - np.int8(1)
+    return out
+
+
+class Linear:
+    """How one linear's weights come out of the source; nothing is read until asked.
+
+    Either load_ternary: () -> (int8 [N, K], scale, scale_mode) for weights stored ternary, or
+    master: SrcTensor of float weights. A master is ternarized with --scale (or, exact=True,
+    taken as already-ternary {-a, 0, a} when it is) for a ternary output; for an fp16 output it
+    is kept as is, unless is_ternary (online / shadow weights: the model is the ternarized one).
+    in_norm: SrcTensor of the per-projection RMSNorm (quantization_config use_rms_norm) or None.
+    """
+
+    def __init__(self, load_ternary=None, scale_mode="mul", master=None, is_ternary=False,
+                 exact=False, in_norm=None):
+        self.load_ternary, self.scale_mode = load_ternary, scale_mode
+        self.master, self.is_ternary, self.exact, self.in_norm = master, is_ternary, exact, in_norm
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face checkpoint directories
+
+
+def _load_json(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConvertError(f"{path}: not found ({what})") from None
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"{path}: cannot read {what}: {e}") from None
+
+
+class HFCheckpoint:
+    """A Hugging Face checkpoint directory: config.json plus single or sharded safetensors."""
+
+    def __init__(self, src):
+        self.dir = src
+        self.cfg = _load_json(os.path.join(src, "config.json"), "the model config")
+        index = os.path.join(src, "model.safetensors.index.json")
+        if os.path.exists(index):
+            files = sorted(set(_load_json(index, "the shard index").get("weight_map", {}).values()))
+        elif os.path.exists(os.path.join(src, "model.safetensors")):
+            files = ["model.safetensors"]
+        else:
+            found = sorted(f for f in os.listdir(src) if f.endswith(".safetensors"))
+            if not found:
+                bins = [f for f in os.listdir(src) if f.endswith(".bin")]
+                hint = " (only PyTorch .bin files: re-save with safetensors)" if bins else ""
+                raise ConvertError(f"{src}: no .safetensors weights{hint}")
+            files = found
+        self.tensors = {}
+        for fname in files:
+            _, tensors, dtypes = tpk.read_safetensors(os.path.join(src, fname), error=ConvertError)
+            for name, arr in tensors.items():
+                self.tensors[name] = SrcTensor(arr, dtypes[name])
+        self.used = set()
+
+    def has(self, name):
+        return name in self.tensors
+
+    def get(self, name):
+        t = self.tensors.get(name)
+        if t is None:
+            raise ConvertError(f"{self.dir}: missing tensor {name!r}")
+        self.used.add(name)
+        return t
+
+    def unused(self):
+        # Non-persistent buffers some old checkpoints carry.
+        return sorted(n for n in self.tensors if n not in self.used and not n.endswith("rotary_emb.inv_freq"))
+
+
+def _rope_theta(cfg, model_type):
+    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if isinstance(rp, dict) and any(isinstance(v, dict) for v in rp.values()):
+        raise ConvertError("per-layer RoPE parameters are not supported")
+    rope_type = rp.get("rope_type", rp.get("type", "default")) if isinstance(rp, dict) else "default"
+    if rope_type == "linear" and float(rp.get("factor", 1.0)) == 1.0:
+        rope_type = "default"
+    if rope_type != "default":
+        raise ConvertError(f"RoPE type {rope_type!r} is not supported (only plain RoPE with a theta)")
+    theta = rp.get("rope_theta") if isinstance(rp, dict) else None
+    if theta is None:
+        theta = cfg.get("rope_theta", DEFAULT_THETA[model_type])
+    return float(theta)
+
+
+def _ids(value):
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def hf_tokenizer(src, cfg, vocab_size):
+    """(tokenizer config dict, file bytes) from tokenizer.json or tokenizer.model."""
+    tj, tm = os.path.join(src, "tokenizer.json"), os.path.join(src, "tokenizer.model")
+    tcfg_path = os.path.join(src, "tokenizer_config.json")
+    tcfg = _load_json(tcfg_path, "the tokenizer config") if os.path.exists(tcfg_path) else {}
+    gen_path = os.path.join(src, "generation_config.json")
+    gen = _load_json(gen_path, "the generation config") if os.path.exists(gen_path) else {}
+
+    vocab = {}
+    if os.path.exists(tj):
+        kind, data = "hf", open(tj, "rb").read()
+        try:
+            tjson = json.loads(data)
+        except ValueError:
+            raise ConvertError(f"{tj}: not JSON") from None
+        model_vocab = (tjson.get("model") or {}).get("vocab")
+        vocab = dict(model_vocab) if isinstance(model_vocab, dict) else {}  # BPE/WordPiece: {piece: id}
+        for tok in tjson.get("added_tokens") or []:
+            vocab[tok["content"]] = tok["id"]
+    elif os.path.exists(tm):
+        kind, data, tjson = "sentencepiece", open(tm, "rb").read(), None
+    else:
+        raise ConvertError(f"{src}: no tokenizer.json or tokenizer.model")
+
+    def token_id(tok):
+        if isinstance(tok, dict):
+            tok = tok.get("content")
+        return vocab.get(tok) if isinstance(tok, str) else None
+
+    bos = (_ids(cfg.get("bos_token_id")) or _ids(gen.get("bos_token_id")) or [token_id(tcfg.get("bos_token"))])[0]
+    eos_list = _ids(cfg.get("eos_token_id")) + _ids(gen.get("eos_token_id"))
+    eos = eos_list[0] if eos_list else token_id(tcfg.get("eos_token"))
+    eot = next((vocab[t] for t in EOT_TOKENS if t in vocab), None)
+    if eot is None:
+        eot = next((i for i in eos_list if i != eos), None)
+
+    if "add_bos_token" in tcfg:
+        add_bos = bool(tcfg["add_bos_token"])
+    elif kind == "hf":  # the post-processor template decides (Llama-3: "<|begin_of_text|> $A")
+        single = ((tjson.get("post_processor") or {}).get("single") or [])
+        procs = (tjson.get("post_processor") or {}).get("processors") or []
+        for p in procs:
+            single = single or (p.get("single") or [])
+        first = single[0] if single else {}
+        add_bos = "SpecialToken" in first and bos is not None and token_id(first["SpecialToken"]["id"]) == bos
+    else:
+        add_bos = bos is not None  # SentencePiece Llama: <s> first
+
+    template = tcfg.get("chat_template")
+    if isinstance(template, list):  # [{name, template}]: take the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    jinja = os.path.join(src, "chat_template.jinja")
+    if template is None and os.path.exists(jinja):
+        template = open(jinja, encoding="utf-8").read()
+
+    def valid(i):
+        return i if i is not None and 0 <= i < vocab_size else None
+
+    return {"type": kind, "bos_id": valid(bos), "eos_id": valid(eos), "eot_id": valid(eot),
+            "add_bos": bool(add_bos and valid(bos) is not None),
+            "chat_template": template if isinstance(template, str) else None}, data
+
+
+def hf_source(src):
+    """-> (config without formats, {prefix: Linear}, {tpk name: SrcTensor} of norms, embed and
+    lm_head, (tokenizer config, bytes), default weight format)."""
+    ck = HFCheckpoint(src)
+    cfg = ck.cfg
+    model_type = cfg.get("model_type")
+    if model_type not in ("bitnet", "llama"):
+        raise ConvertError(f"{src}: unsupported model_type {model_type!r} (supported: bitnet, llama)")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise ConvertError(f"{src}: linear biases are not supported")
+    try:
+        hidden, inter = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+        layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        vocab = int(cfg["vocab_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{src}/config.json: missing or bad {e}") from None
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+
+    qc = cfg.get("quantization_config") or {}
+    if qc and qc.get("quant_method") != "bitnet":
+        raise ConvertError(f"{src}: quantization method {qc.get('quant_method')!r} is not supported (only bitnet)")
+    if qc:
+        linear_class = qc.get("linear_class", "bitlinear")
+        mode = qc.get("quantization_mode", "offline")
+        for m in qc.get("modules_to_not_convert") or []:
+            if "layers" in m:
+                raise ConvertError(f"{src}: modules_to_not_convert {m!r}: mixed float/ternary layers are not supported")
+
+    sub_names = {}
+    for key, candidates in SUB_NORMS.items():
+        found = [c for c in candidates if ck.has(f"model.layers.0.{c}.weight")]
+        sub_names[key] = found[0] if found else None
+    sub_norms = all(sub_names.values())
+    if any(sub_names.values()) and not sub_norms:
+        raise ConvertError(f"{src}: only one of the two sub-norms found in layer 0")
+    if model_type == "bitnet" and not sub_norms:
+        raise ConvertError(f"{src}: a bitnet checkpoint without attn_sub_norm / ffn_sub_norm tensors")
+    if sub_norms and heads * head_dim != hidden:
+        raise ConvertError(f"{src}: sub-norms need num_heads * head_dim == hidden_size")
+
+    act = cfg.get("hidden_act", "relu2" if model_type == "bitnet" else "silu")
+    if act not in ("relu2", "silu"):
+        raise ConvertError(f"{src}: hidden_act {act!r} is not supported (relu2, silu)")
+
+    if qc and linear_class != "autobitlinear":  # BitLinear: packed, out = acc / (a * s)
+        how, scale_mode = "packed", "div"
+    elif qc and mode == "offline":              # AutoBitLinear offline: packed, out = acc / a * s
+        how, scale_mode = "packed", "mul"
+    elif qc or sub_norms:                       # online masters / 1bitLLM shadow weights
+        how, scale_mode = "master-ternary", "mul"
+    else:                                       # plain float model
+        how, scale_mode = "float", "mul"
+
+    proj_norm_eps = None
+    if qc and qc.get("use_rms_norm"):
+        proj_norm_eps = float(qc.get("rms_norm_eps") or 1e-6)
+
+    config = {
+        "format_version": tpk.FORMAT_VERSION,
+        # "bitnet" = the graph with sub-norms; hidden_act says relu2 (BitNet) or silu (1bitLLM)
+        "architecture": "bitnet" if sub_norms else "llama",
+        "hidden_size": hidden, "intermediate_size": inter, "num_layers": layers,
+        "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
+        "max_position": int(cfg.get("max_position_embeddings") or 2048),
+        "rms_norm_eps": float(cfg.get("rms_norm_eps") or (1e-5 if model_type == "bitnet" else 1e-6)),
+        "rope_theta": _rope_theta(cfg, model_type), "rope_style": "neox",
+        "hidden_act": act, "sub_norms": sub_norms,
+        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "scale_mode": scale_mode, "proj_norm_eps": proj_norm_eps,
+    }
+
+    linears = {}
+    shapes = tpk.linear_shapes({**config, "num_layers": layers})
+    for prefix, (n, k) in shapes.items():
+        i, proj = prefix.split(".", 2)[1], prefix.split(".", 2)[2]
+        base = f"model.layers.{i}.{HF_PROJ[proj]}"
+        w = ck.get(f"{base}.weight")
+        in_norm = ck.get(f"{base}.rms_norm.weight") if proj_norm_eps is not None else None
+        if how == "packed":
+            linears[prefix] = Linear(load_ternary=_packed_loader(ck, base, n, k, scale_mode),
+                                     scale_mode=scale_mode, in_norm=in_norm)
+        else:
+            if w.shape != (n, k):
+                raise ConvertError(f"{base}.weight is {list(w.shape)}, expected [{n}, {k}]")
+            linears[prefix] = Linear(master=w, is_ternary=how == "master-ternary", in_norm=in_norm)
+
+    vectors = {"embed": ck.get("model.embed_tokens.weight"), "norm": ck.get("model.norm.weight")}
+    for i in range(layers):
+        vectors[f"layers.{i}.attn_norm"] = ck.get(f"model.layers.{i}.input_layernorm.weight")
+        vectors[f"layers.{i}.ffn_norm"] = ck.get(f"model.layers.{i}.post_attention_layernorm.weight")
+        if sub_norms:
+            for key, hf_name in sub_names.items():
+                vectors[f"layers.{i}.{key}"] = ck.get(f"model.layers.{i}.{hf_name}.weight")
+    if config["tie_word_embeddings"]:
+        if ck.has("lm_head.weight"):
+            ck.get("lm_head.weight")  # a saved copy of the tied embedding
+    else:
+        vectors["lm_head"] = ck.get("lm_head.weight")
+        if vectors["lm_head"].dtype == "U8":
+            raise ConvertError(f"{src}: a ternary lm_head is not supported")
+
+    extra = ck.unused()
+    if extra:
+        raise ConvertError(f"{src}: unexpected tensor {extra[0]!r}"
+                           + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    tok_config, tok_bytes = hf_tokenizer(src, cfg, vocab)
+    return config, linears, vectors, (tok_config, tok_bytes), "f16" if how == "float" else "t2"
+
+
+def _packed_loader(ck, base, n, k, scale_mode):
+    w, scale_t = ck.get(f"{base}.weight"), ck.get(f"{base}.weight_scale")
+    if scale_t.arr.size != 1:
+        raise ConvertError(f"{base}.weight_scale has {scale_t.arr.size} values, expected 1")
+    if not (w.dtype == "U8" and w.shape == (n // 4, k)) and w.shape != (n, k):
+        raise ConvertError(f"{base}.weight is {w.dtype}{list(w.shape)}, expected packed U8[{n // 4}, {k}]")
+
+    def load():
+        scale = np.float32(scale_t.f32().reshape(-1)[0])
+        if w.dtype == "U8":
+            return unpack_hf(w.arr, n), scale, scale_mode
+        q = w.f32()  # an offline checkpoint saved unpacked: the values must be ternary already
+        if not np.all(np.isin(q, (-1.0, 0.0, 1.0))):
+            raise ConvertError(f"{base}.weight: offline weights are not in {{-1, 0, 1}}")
+        return q.astype(np.int8), scale, scale_mode
+    return load
+
+
+# ---------------------------------------------------------------------------------------------
+# the output
+
+
+def _f16(t, name):
+    """SrcTensor -> float16 array, row chunk by row chunk; refuses values fp16 cannot hold."""
+    out = np.empty(t.shape, dtype=np.float16)
+    with np.errstate(over="ignore"):  # beyond +-65504 becomes inf: caught just below
+        for rows in t.row_chunks():
+            out[rows] = t.f32(rows)
+            if not np.isfinite(out[rows]).all():
+                raise ConvertError(f"{name}: values beyond the float16 range (or NaN)")
+    return out
+
+
+def _int8_rows(t):
+    """Per-row absmax int8: w ~ q * scale[row]; the lm_head kernel computes (x @ q.T) * scale."""
+    q = np.empty(t.shape, dtype=np.int8)
+    scale = np.empty(t.shape[0], dtype=np.float32)
+    for rows in t.row_chunks():
+        x = t.f32(rows)
+        amax = np.abs(x).max(axis=1)
+        s = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+        q[rows] = np.clip(np.rint(x / s[:, None]), -127, 127)
+        scale[rows] = s
+    return q, scale
+
+
+def _kernels():
+    try:
+        from engine import kernels
+    except ImportError as e:
+        raise ConvertError(f"the C++ kernels (engine._kernels) are not built: {e}") from None
+    return kernels
+
+
+def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, progress=None):
+    """Convert SRC (HF checkpoint directory or .gguf file) to the .tpk `out`; returns its config."""
+    if dtype not in (None, "f16"):
+        raise ConvertError(f"--dtype {dtype!r}: only f16")
+    if dtype == "f16" and weights is not None:
+        raise ConvertError("--dtype f16 and --weights exclude each other (fp16 model or ternary model)")
+    if weights not in (None, "t2", "t1"):
+        raise ConvertError(f"--weights {weights!r}: expected t2 or t1")
+    if lm_head not in ("f16", "int8"):
+        raise ConvertError(f"--lm-head {lm_head!r}: expected f16 or int8")
+    if scale not in ("absmean", "absmedian"):
+        raise ConvertError(f"--scale {scale!r}: expected absmean or absmedian")
+    if not os.path.exists(src):
+        raise ConvertError(f"{src}: no such file or directory")
+
+    if os.path.isdir(src):
+        config, linears, vectors, tokenizer, default_weights = hf_source(src)
+    else:
+        from engine import gguf_reader
+        config, linears, vectors, tokenizer, default_weights = gguf_reader.gguf_source(src)
+
+    fmt = "f16" if dtype == "f16" else weights or default_weights
+    tok_config, tok_bytes = tokenizer
+    config.update({"weight_format": fmt, "lm_head_format": lm_head, "tokenizer": tok_config})
+    modes = {lin.scale_mode for lin in linears.values() if lin.load_ternary is not None}
+    if len(modes) > 1:
+        raise ConvertError(f"{src}: linears with both scale modes in one model")
+    config["scale_mode"] = modes.pop() if modes and fmt != "f16" else "mul"
+    try:
+        tpk.check_config(config)
+    except TpkError as e:
+        raise ConvertError(f"{src}: {e}") from None
+
+    specs = tpk.expected_tensors(config, "F16", len(tok_bytes))
+    kernels = _kernels() if fmt in tpk.TERNARY_FORMATS else None
+
+    def produce(name):
+        """-> the array of tpk tensor `name` (each linear's weight and scale come together)."""
+        if name == "tokenizer":
+            return np.frombuffer(tok_bytes, dtype=np.uint8)
+        if name == "embed":
+            return _f16(vectors["embed"], name)
+        if name.startswith("lm_head."):
+            head = vectors.get("lm_head", vectors["embed"])
+            if lm_head == "int8":
+                return dict(zip(("lm_head.weight", "lm_head.scale"), _int8_rows(head)))
+            return _f16(head, name)
+        prefix, _, leaf = name.rpartition(".")
+        if prefix in linears:
+            lin = linears[prefix]
+            if leaf == "in_norm":
+                return lin.in_norm.f32().reshape(-1)
+            return _linear(prefix, lin, fmt, scale, kernels)
+        return np.ascontiguousarray(vectors[name].f32().reshape(-1))
+
+    from tqdm import tqdm
+
+    writer = tpk.Writer(out, config, specs)
+    done = set()
+    try:
+        bar = tqdm(total=len(specs), desc="ternary-convert", unit="tensor", file=sys.stderr,
+                   disable=True if progress is False else None)  # None: only on a terminal
+        for name in specs:
+            if name in done:
+                continue
+            result = produce(name)
+            for n, arr in (result if isinstance(result, dict) else {name: result}).items():
+                try:
+                    writer.write_tensor(n, arr)
+                except ValueError as e:
+                    raise ConvertError(f"{src}: {e}") from None
+                done.add(n)
+                bar.update(1)
+            del result
+        bar.close()
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return config
+
+
+def _linear(prefix, lin, fmt, scale_method, kernels):
+    """{prefix.weight: ..., prefix.scale: ...} of one linear in the output format."""
+    if lin.load_ternary is not None:
+        q, s, mode = lin.load_ternary()
+    elif fmt == "f16" and not lin.is_ternary:
+        return {f"{prefix}.weight": _f16(lin.master, f"{prefix}.weight")}
+    else:
+        found = exact_ternary(lin.master) if lin.exact else None
+        q, s = found if found is not None else ternarize(lin.master, scale_method)
+        mode = "mul"
+    if fmt == "f16":  # a ternary model as fp16: the dequantized ternary weights
+        w = q.astype(np.float32) * s if mode == "mul" else q.astype(np.float32) / s
+        return {f"{prefix}.weight": w.astype(np.float16)}
+    return {f"{prefix}.weight": kernels.pack(fmt, np.ascontiguousarray(q)),
+            f"{prefix}.scale": np.array([s], dtype=np.float32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="ternary-convert",
+        description="Convert a Hugging Face checkpoint directory (BitNet, Llama + BitLinear, "
+                    "1bitLLM shadow weights, plain Llama; single or sharded safetensors) or a "
+                    "llama/bitnet GGUF file to a .tpk model file.")
+    p.add_argument("src", help="checkpoint directory or .gguf file")
+    p.add_argument("-o", "--output", required=True, help="the .tpk file to write")
+    p.add_argument("--weights", choices=("t2", "t1"),
+                   help="packed ternary format: t2 (2 bits/weight, default for ternary models) or "
+                        "t1 (1.6 bits/weight, 20%% smaller); on a plain float model: ternarize it")
+    p.add_argument("--dtype", choices=("f16",),
+                   help="write an fp16 model instead (the baseline; ternary weights are dequantized)")
+    p.add_argument("--lm-head", choices=("f16", "int8"), default="f16",
+                   help="output head: f16 (default) or int8 with one scale per vocabulary row")
+    p.add_argument("--scale", choices=("absmean", "absmedian"), default="absmean",
+                   help="ternary scale for full-precision weights: mean|W| (default) or median|W|")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        config = convert(args.src, args.output, weights=args.weights, lm_head=args.lm_head,
+                         scale=args.scale, dtype=args.dtype, progress=False if args.quiet else None)
+    except (ConvertError, TpkError) as e:
+        print(f"ternary-convert: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. the output directory does not exist, disk full
+        print(f"ternary-convert: error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ternary-convert: interrupted", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        size = os.path.getsize(args.output)
+        print(f"wrote {args.output}: {config['architecture']}, {config['num_layers']} layers, "
+              f"weights {config['weight_format']}, {size / 2**20:.1f} MiB", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

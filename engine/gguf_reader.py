@@ -1,0 +1,295 @@
+"""GGUF files (llama.cpp) of the llama and bitnet architectures as a ternary-convert source.
+
+Read with the `gguf` package (no torch). What the file means, from llama.cpp:
+  llama   plain Llama graph; convert_hf_to_gguf.py LlamaModel.permute reorders the rows of
+          attn_q / attn_k per head from NeoX halves to adjacent pairs (llama.cpp ropes
+          pairs, LLAMA_ROPE_TYPE_NORM); we undo it, our RoPE is NeoX.
+  bitnet  (src/models/bitnet.cpp, 1bitLLM BitnetForCausalLM) sub-norms attn_sub_norm /
+          ffn_sub_norm, silu, lm_head = token_embd (tied), NeoX RoPE (llama_model_rope_type
+          lists LLM_ARCH_BITNET with the NeoX archs), so no permutation; optional per-tensor
+          `<proj>.scale` multiplies the output.
+Weights: TQ1_0/TQ2_0 hold ternary values times one fp16 scale per 256-weight block; for a
+per-tensor ternary model every non-empty block has the same scale, which becomes ours. Any
+other type the package can dequantize becomes float (an fp16 model unless --weights).
+The tokenizer: "llama" (SentencePiece-style pieces + scores) -> a SentencePiece model proto
+written here; "gpt2" (byte-level BPE) -> a tokenizer.json built with `tokenizers`.
+"""
+import json
+import struct
+
+import numpy as np
+
+from engine import tpk
+from engine.convert import EOT_TOKENS, ConvertError, Linear, SrcTensor
+
+GGUF_PROJ = {"attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v", "attn.o": "attn_output",
+             "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down"}
+TERNARY_TYPES = {"TQ1_0": "t1", "TQ2_0": "t2"}
+
+# llama.cpp token types = SentencePiece piece types
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# Pre-tokenizer split patterns by tokenizer.ggml.pre (llama.cpp src/llama-vocab.cpp).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_PRE = ("llama3", "llama-v3", "llama-bpe", "falcon3")
+GPT2_PRE = ("gpt-2",)
+
+
+def _open(path):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, OSError, IndexError, KeyError, struct.error) as e:
+        raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
+
+
+def gguf_source(path):
+    """Same result as convert.hf_source, for a .gguf file."""
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+
+    reader = _open(path)
+
+    def meta(key, default=None):
+        field = reader.get_field(key)
+        return default if field is None else field.contents()
+
+    arch = meta("general.architecture")
+    if arch not in ("llama", "bitnet"):
+        raise ConvertError(f"{path}: GGUF architecture {arch!r} is not supported (llama, bitnet)")
+    tensors = {t.name: t for t in reader.tensors}
+
+    def need(key):
+        v = meta(f"{arch}.{key}")
+        if v is None:
+            raise ConvertError(f"{path}: GGUF metadata {arch}.{key} missing")
+        return v
+
+    hidden, layers, heads = int(need("embedding_length")), int(need("block_count")), int(need("attention.head_count"))
+    if isinstance(meta(f"{arch}.attention.head_count_kv"), list) or isinstance(meta(f"{arch}.feed_forward_length"), list):
+        raise ConvertError(f"{path}: per-layer head counts / FFN sizes are not supported")
+    kv_heads = int(meta(f"{arch}.attention.head_count_kv", heads))
+    inter = int(need("feed_forward_length"))
+    head_dim = int(meta(f"{arch}.attention.key_length", hidden // heads))
+    rope_dim = int(meta(f"{arch}.rope.dimension_count", head_dim))
+    if rope_dim != head_dim:
+        raise ConvertError(f"{path}: partial RoPE ({rope_dim} of {head_dim} dims) is not supported")
+    scaling = meta(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear") or (scaling == "linear" and meta(f"{arch}.rope.scaling.factor", 1.0) != 1.0):
+        raise ConvertError(f"{path}: RoPE scaling {scaling!r} is not supported")
+    if "rope_freqs.weight" in tensors:
+        raise ConvertError(f"{path}: rope_freqs (Llama-3.1 style RoPE scaling) is not supported")
+    if "token_embd.weight" not in tensors:
+        raise ConvertError(f"{path}: missing tensor 'token_embd.weight'")
+    vocab = int(tensors["token_embd.weight"].shape[1])
+    sub_norms = arch == "bitnet"
+    tied = "output.weight" not in tensors or arch == "bitnet"  # llama.cpp's bitnet graph uses token_embd
+    config = {
+        "format_version": tpk.FORMAT_VERSION, "architecture": arch,
+        "hidden_size": hidden, "intermediate_size": inter, "num_layers": layers, "num_heads": heads,
+        "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
+        "max_position": int(meta(f"{arch}.context_length", 2048)),
+        "rms_norm_eps": _f32(meta(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": _f32(meta(f"{arch}.rope.freq_base", 10000.0)), "rope_style": "neox",
+        "hidden_act": "silu", "sub_norms": sub_norms, "tie_word_embeddings": tied,
+        "scale_mode": "mul", "proj_norm_eps": None,
+    }
+
+    used = set()
+
+    def get(name):
+        t = tensors.get(name)
+        if t is None:
+            raise ConvertError(f"{path}: missing tensor {name!r}")
+        used.add(name)
+        return t
+
+    def src(t, row_index=None):
+        """ReaderTensor -> SrcTensor with numpy shape [rows, ...] (ggml's ne reversed)."""
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        qt = QT(t.tensor_type)
+        if qt in (QT.F32, QT.F16, QT.F64):
+            return SrcTensor(t.data.reshape(shape), qt.name, row_index=row_index)
+        if qt == QT.BF16:
+            return SrcTensor(t.data.view(np.uint16).reshape(shape), "BF16", row_index=row_index)
+        try:
+            gguf.quants.dequantize(t.data[:1], qt)
+        except NotImplementedError:
+            raise ConvertError(f"{path}: tensor {t.name!r} has type {qt.name}, which the gguf package cannot dequantize") from None
+        return SrcTensor(t.data, "GGML", dequant=lambda raw, qt=qt: gguf.quants.dequantize(raw, qt),
+                         shape=shape, row_index=row_index)
+
+    def unpermute(n_rows, n_head):
+        """Row order that undoes convert_hf_to_gguf.py LlamaModel.permute (NeoX halves ->
+        adjacent pairs): gguf row h*D + 2i + j holds HF row h*D + j*D/2 + i."""
+        d = n_rows // n_head
+        return np.arange(n_rows).reshape(n_head, 2, d // 2).swapaxes(1, 2).reshape(-1).argsort()
+
+    linears, formats = {}, set()
+    for prefix, (n, k) in tpk.linear_shapes(config).items():
+        i, proj = prefix.split(".", 2)[1], prefix.split(".", 2)[2]
+        base = f"blk.{i}.{GGUF_PROJ[proj]}"
+        t = get(f"{base}.weight")
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        if shape != (n, k):
+            raise ConvertError(f"{path}: {base}.weight is {list(shape)}, expected [{n}, {k}]")
+        extra_scale = 1.0
+        if f"{base}.scale" in tensors:
+            extra_scale = float(src(get(f"{base}.scale")).f32().reshape(-1)[0])
+        row_index = None
+        if arch == "llama" and proj in ("attn.q", "attn.k"):
+            row_index = unpermute(n, heads if proj == "attn.q" else kv_heads)
+        qt = QT(t.tensor_type)
+        if qt.name in TERNARY_TYPES:
+            formats.add(TERNARY_TYPES[qt.name])
+            linears[prefix] = Linear(load_ternary=_tq_loader(src(t, row_index), f"{base}.weight", extra_scale))
+        else:
+            if extra_scale != 1.0:
+                raise ConvertError(f"{path}: {base}.scale on a non-ternary weight is not supported")
+            linears[prefix] = Linear(master=src(t, row_index), exact=True)
+
+    vectors = {"embed": src(get("token_embd.weight")), "norm": src(get("output_norm.weight"))}
+    for i in range(layers):
+        vectors[f"layers.{i}.attn_norm"] = src(get(f"blk.{i}.attn_norm.weight"))
+        vectors[f"layers.{i}.ffn_norm"] = src(get(f"blk.{i}.ffn_norm.weight"))
+        if sub_norms:
+            vectors[f"layers.{i}.attn.sub_norm"] = src(get(f"blk.{i}.attn_sub_norm.weight"))
+            vectors[f"layers.{i}.mlp.sub_norm"] = src(get(f"blk.{i}.ffn_sub_norm.weight"))
+    if not tied:
+        vectors["lm_head"] = src(get("output.weight"))
+    extra = sorted(set(tensors) - used - {"output.weight"})
+    if extra:
+        raise ConvertError(f"{path}: unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+
+    tokenizer = gguf_tokenizer(meta, vocab, path)
+    default = "t1" if formats == {"t1"} else "t2" if formats else "f16"
+    return config, linears, vectors, tokenizer, default
+
+
+def _f32(x):
+    """GGUF stores these as float32: 1e-05 arrives as 9.99999974e-06; take the shortest decimal."""
+    return float(str(np.float32(x)))
+
+
+def _tq_loader(t, name, extra_scale):
+    def load():
+        w = t.f32()  # the one float copy: dequantized {-d, 0, +d} per 256-weight block
+        d = np.abs(w).max(initial=0.0)
+        if not np.all((w == 0) | (np.abs(w) == d)):
+            raise ConvertError(f"{name}: blocks with different scales: not one ternary scale per tensor")
+        scale = np.float32(d if d > 0 else 1.0) * np.float32(extra_scale)
+        return np.sign(w).astype(np.int8), scale, "mul"
+    return load
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizers
+
+
+def gguf_tokenizer(meta, vocab_size, path):
+    model = meta("tokenizer.ggml.model")
+    tokens = meta("tokenizer.ggml.tokens")
+    if model is None or tokens is None:
+        raise ConvertError(f"{path}: the GGUF holds no tokenizer")
+    types = meta("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    bos, eos = meta("tokenizer.ggml.bos_token_id"), meta("tokenizer.ggml.eos_token_id")
+    eot = meta("tokenizer.ggml.eot_token_id")
+    if eot is None:
+        eot = next((tokens.index(t) for t in EOT_TOKENS if t in tokens), None)
+    if model == "llama":
+        kind = "sentencepiece"
+        data = sentencepiece_proto(
+            tokens, meta("tokenizer.ggml.scores") or [0.0] * len(tokens), types,
+            add_dummy_prefix=bool(meta("tokenizer.ggml.add_space_prefix", True)),
+            unk_id=meta("tokenizer.ggml.unknown_token_id"), bos_id=bos, eos_id=eos,
+            pad_id=meta("tokenizer.ggml.padding_token_id"))
+        add_bos_default = True
+    elif model == "gpt2":
+        kind = "hf"
+        data = bpe_tokenizer_json(tokens, meta("tokenizer.ggml.merges") or [], types,
+                                  meta("tokenizer.ggml.pre", "gpt-2"), path)
+        add_bos_default = False
+    else:
+        raise ConvertError(f"{path}: GGUF tokenizer model {model!r} is not supported (llama, gpt2)")
+
+    def valid(i):
+        return int(i) if i is not None and 0 <= int(i) < vocab_size else None
+
+    template = meta("tokenizer.chat_template")
+    return {"type": kind, "bos_id": valid(bos), "eos_id": valid(eos), "eot_id": valid(eot),
+            "add_bos": bool(meta("tokenizer.ggml.add_bos_token", add_bos_default)) and valid(bos) is not None,
+            "chat_template": template if isinstance(template, str) else None}, data
+
+
+def _varint(n):
+    n &= (1 << 64) - 1  # negative int32 -> ten-byte two's complement, as protobuf does
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _pb(field, value):
+    """One protobuf field: int/bool -> varint, float -> fixed32, bytes/str -> length-delimited."""
+    if isinstance(value, float):
+        return _varint(field << 3 | 5) + struct.pack("<f", value)
+    if isinstance(value, (bool, int)):
+        return _varint(field << 3) + _varint(int(value))
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return _varint(field << 3 | 2) + _varint(len(value)) + value
+
+
+def sentencepiece_proto(pieces, scores, types, add_dummy_prefix, unk_id, bos_id, eos_id, pad_id):
+    """A SentencePiece ModelProto (sentencepiece_model.proto) of a BPE model with these pieces.
+
+    ModelProto: pieces = 1 {piece = 1, score = 2, type = 3}, trainer_spec = 2 {model_type = 3
+    (BPE = 2), vocab_size = 4, byte_fallback = 35, unk_id = 40, bos_id = 41, eos_id = 42,
+    pad_id = 43}, normalizer_spec = 3 {name = 1, add_dummy_prefix = 3, remove_extra_whitespaces
+    = 4, escape_whitespaces = 5}. llama.cpp's SPM tokenizer merges by score like SentencePiece
+    BPE and does no normalization beyond the space prefix and '▁' escaping, hence "identity".
+    """
+    out = bytearray()
+    for piece, score, typ in zip(pieces, scores, types):
+        out += _pb(1, _pb(1, piece) + _pb(2, float(score)) + _pb(3, int(typ)))
+    trainer = _pb(3, 2) + _pb(4, len(pieces)) + _pb(35, BYTE in types)
+    for field, value in ((40, unk_id), (41, bos_id), (42, eos_id), (43, pad_id)):
+        trainer += _pb(field, -1 if value is None else int(value))
+    normalizer = _pb(1, "identity") + _pb(3, bool(add_dummy_prefix)) + _pb(4, False) + _pb(5, True)
+    out += _pb(2, trainer) + _pb(3, normalizer)
+    return bytes(out)
+
+
+def bpe_tokenizer_json(tokens, merges, types, pre, path):
+    """A byte-level BPE tokenizer.json (GPT-2 / Llama-3 style) from GGUF vocab and merges."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    if pre in LLAMA3_PRE:
+        pre_tok = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        ignore_merges = True  # Llama-3 tokenizer.json: a pre-token found in the vocab is one token
+    elif pre in GPT2_PRE:
+        pre_tok, ignore_merges = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), False
+    else:
+        raise ConvertError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported "
+                           f"({', '.join(LLAMA3_PRE + GPT2_PRE)})")
+    vocab = {}
+    for i, tok in enumerate(tokens):
+        vocab.setdefault(tok, i)
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
+    tk.pre_tokenizer = pre_tok
+    tk.decoder = decoders.ByteLevel()
+    special = [AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == CONTROL]
+    user = [AddedToken(tokens[i], special=False, normalized=False) for i, t in enumerate(types) if t == USER_DEFINED]
+    tk.add_special_tokens(special)
+    tk.add_tokens(user)
+    return json.dumps(json.loads(tk.to_str()), ensure_ascii=False).encode("utf-8")
