@@ -494,8 +494,9 @@ def create_app(engine, batch: Batch, model_id: str):
 
 # -- command line ----------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise SystemExit(f"error: {message}")
+    def error(self, message):  # one line, status 2, as ternary-run
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -526,13 +527,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     for name in ("threads", "max_batch", "ctx", "prefill_chunk"):
         v = getattr(args, name)
         if v is not None and v < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {v}")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.queue < 0:
-        raise SystemExit(f"error: --queue must be >= 0, got {args.queue}")
+        parser.error(f"--queue must be >= 0, got {args.queue}")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
 
     import uvicorn

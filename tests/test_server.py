@@ -350,3 +350,11 @@ def test_non_streaming_client_that_leaves_frees_its_slot(server):
     while (h := _health(server))["busy"] or h["waiting"]:
         assert time.monotonic() < deadline, f"slots still held after the clients left: {h}"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("argv", [["/nonexistent/model.tpk"], ["--max-batch", "0"]])
+def test_cli_user_errors_are_one_line(argv):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(engine.__file__)))
+    r = subprocess.run([sys.executable, "-m", "engine.server", *argv], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
