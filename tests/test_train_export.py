@@ -69,3 +69,20 @@ def test_ste_gradients_flow():
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_hf_tokenizer_matches_sentencepiece(tmp_path):
+    pytest.importorskip("google.protobuf")   # transformers reads tokenizer.model through it
+    from engine.train import tokenizer
+    rng = np.random.default_rng(0)
+    words = "the cat sat on a mat and it was good so we ran to town".split()
+    (tmp_path / "train.txt").write_text(
+        "".join(" ".join(rng.choice(words, 20)) + ".\n" for _ in range(300)))
+    sp_model = tokenizer.train_tokenizer(tmp_path / "train.txt", tmp_path / "tok300", vocab_size=300)
+    qat.export_hf(_tiny("absmean"), tmp_path / "hf", sp_model)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    sp = tokenizer.load(sp_model)
+    text = "The cat ran  to town.\nIn 1811, Ünï."
+    ids = tok(text)["input_ids"]
+    assert ids == [1] + sp.encode(text)
+    assert tok.decode(ids, skip_special_tokens=True) == text
