@@ -22,14 +22,17 @@ The rules below were checked against the installed transformers 5.23 sources:
   utils/quantization_config.py  BitNetQuantConfig defaults: bitlinear, offline, rms_norm_eps 1e-6
   quantizers/base.py          get_keys_to_not_convert: lm_head (output embeddings) stays float
   models/bitnet/modeling_bitnet.py  attn_sub_norm (hidden) before o_proj, ffn_sub_norm
-                              (intermediate) before down_proj, relu2, rotate_half RoPE (NeoX),
+                              (intermediate) before down_proj, rotate_half RoPE (NeoX),
                               head_dim = hidden // heads (BitNetConfig has no head_dim field)
+  activations.py              "relu2" = ReLUSquaredActivation: relu(x) ** 2
   models/bitnet/configuration_bitnet.py  default_theta 500000, rms_norm_eps 1e-5,
                               tie_word_embeddings default False
   models/llama/modeling_llama.py, configuration_llama.py  silu MLP, head_dim field,
                               attention_bias / mlp_bias, rms_norm_eps default 1e-6
   modeling_rope_utils.py      rope_theta: rope_parameters["rope_theta"], else top-level
                               rope_theta, else the config class's default_theta
+The 1bitLLM sub-norm names are llama.cpp's (gguf/tensor_mapping.py: inner_attn_ln ->
+attn_sub_norm, ffn_layernorm -> ffn_sub_norm, "# bitnet"); its graph uses silu.
 Memory: at most one tensor's float32 copy exists at a time; big matrices go in row chunks.
 """
 import argparse

@@ -185,6 +185,28 @@ def test_config_and_tokenizer(offline):
     assert t.tokenizer_bytes == open(os.path.join(ck.path, "tokenizer.json"), "rb").read()
 
 
+@pytest.mark.parametrize("post", ["template", "sequence", "none", "tokenizer_config"])
+def test_add_bos_from_tokenizer_files(offline, tmp_path, post):
+    """add_bos: tokenizer_config add_bos_token, else whether the post-processor puts bos first
+    (Llama-3 tokenizer.json: Sequence[ByteLevel, TemplateProcessing])."""
+    ck, _ = offline
+    d = tmp_path / post
+    shutil.copytree(ck.path, d)
+    tj = json.load(open(d / "tokenizer.json"))
+    if post == "sequence":
+        tj["post_processor"] = {"type": "Sequence", "processors": [
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+            tj["post_processor"]]}
+    elif post == "none":
+        tj["post_processor"] = None
+    elif post == "tokenizer_config":
+        tc = json.load(open(d / "tokenizer_config.json"))
+        json.dump(dict(tc, add_bos_token=False), open(d / "tokenizer_config.json", "w"))
+    json.dump(tj, open(d / "tokenizer.json", "w"))
+    tok, _ = conv.hf_tokenizer(str(d), json.load(open(d / "config.json")), 331)
+    assert tok["add_bos"] is (post in ("template", "sequence"))
+
+
 def test_sharded_equals_single(tmp_path_factory, offline):
     ck, _ = offline
     tmp = str(tmp_path_factory.mktemp("sharded"))
@@ -271,6 +293,13 @@ def test_errors(capsys, tmp_path, offline):
     del sd["model.layers.1.mlp.up_proj.weight"]
     save_file(sd, str(missing / "model.safetensors"))
     assert "missing tensor 'model.layers.1.mlp.up_proj.weight'" in _run_error(capsys, [str(missing), "-o", out])
+
+    rope = tmp_path / "rope"
+    shutil.copytree(ck.path, rope)
+    cfg = json.load(open(rope / "config.json"))
+    cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
+    json.dump(cfg, open(rope / "config.json", "w"))
+    assert "RoPE type 'llama3' is not supported" in _run_error(capsys, [str(rope), "-o", out])
 
     empty = tmp_path / "empty"
     empty.mkdir()
