@@ -1,0 +1,202 @@
+// NEON kernels against the scalar reference, bit for bit; cross-compiled for aarch64 and run
+// under qemu-user by tests/neon/run.sh. Prints "<n> passed, <m> failed"; exit status 1 on failure.
+//
+// The table entries are called directly over the N, K, M sweeps, and the ops layer (thread pool,
+// dispatch, epilogue) runs with 1 and 2 threads on the shapes where it splits rows.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "ternary.h"
+
+using namespace ternary;
+
+namespace {
+
+int passed = 0, failed = 0;
+
+void expect(bool ok, const char* what, long a, long b, long c) {
+    if (ok) {
+        ++passed;
+    } else {
+        ++failed;
+        if (failed <= 20) std::printf("FAIL %s (%ld, %ld, %ld)\n", what, a, b, c);
+    }
+}
+
+std::mt19937 rng(12345);
+
+std::vector<int8_t> ternary_weights(int64_t n, int64_t k) {
+    std::vector<int8_t> w(size_t(n * k));
+    for (auto& v : w) v = int8_t(int(rng() % 3) - 1);
+    return w;
+}
+
+// Random int8 with -128 and 127 over-represented.
+std::vector<int8_t> activations(int64_t m, int64_t k) {
+    std::vector<int8_t> q(size_t(m * k));
+    for (auto& v : q) {
+        const unsigned r = rng() % 10;
+        v = r == 0 ? int8_t(-128) : r == 1 ? int8_t(127) : int8_t(rng());
+    }
+    return q;
+}
+
+// One matmul through both tables' entries; q is an exact-size heap copy, so a read past K
+// lands outside the allocation.
+void check_matmul(Format fmt, const std::vector<int8_t>& w, int64_t n, int64_t k,
+                  const std::vector<int8_t>& qv, int64_t m, const char* what) {
+    std::vector<uint8_t> packed(size_t(n) * row_bytes(fmt, k));
+    pack_rows(fmt, w.data(), n, k, packed.data());
+    auto* q = new int8_t[size_t(m * k)];
+    std::memcpy(q, qv.data(), size_t(m * k));
+    std::vector<int32_t> got(size_t(m * n), -7), want(size_t(m * n), -9);
+    const KernelTable &neon = neon_kernels(), &ref = ref_kernels();
+    (fmt == Format::T2 ? neon.ternary_t2 : neon.ternary_t1)(packed.data(), k, 0, n, q, k, m, got.data(), n);
+    (fmt == Format::T2 ? ref.ternary_t2 : ref.ternary_t1)(packed.data(), k, 0, n, q, k, m, want.data(), n);
+    delete[] q;
+    expect(got == want, what, long(n), long(k), long(m));
+}
+
+void check_random(Format fmt, int64_t n, int64_t k, int64_t m, const char* what) {
+    check_matmul(fmt, ternary_weights(n, k), n, k, activations(m, k), m, what);
+}
+
+const int64_t kSizes[] = {1, 3, 31, 96, 200, 255, 1003, 2560, 6912};
+const int64_t kTokens[] = {1, 2, 7, 64};
+
+void matmul_sweeps(Format fmt) {
+    const char* f = fmt == Format::T2 ? "t2" : "t1";
+    char what[64];
+    std::snprintf(what, sizeof what, "%s N sweep", f);
+    for (int64_t n : kSizes)
+        for (int64_t k : {31, 1003})
+            for (int64_t m : {1, 7}) check_random(fmt, n, k, m, what);
+    std::snprintf(what, sizeof what, "%s K sweep", f);
+    for (int64_t k : kSizes)
+        for (int64_t n : {3, 96})
+            for (int64_t m : kTokens) check_random(fmt, n, k, m, what);
+    for (int64_t k : {64, 256, 257, 320, 321})
+        for (int64_t m : {1, 3}) check_random(fmt, 5, k, m, what);
+    std::snprintf(what, sizeof what, "%s M sweep", f);
+    for (int64_t m = 1; m <= 11; ++m) check_random(fmt, 31, 1003, m, what);
+    std::snprintf(what, sizeof what, "%s model shape", f);
+    check_random(fmt, 2560, 2560, 1, what);
+    check_random(fmt, 512, 6912, 7, what);
+
+    std::snprintf(what, sizeof what, "%s extremes", f);
+    for (int64_t k : {1, 63, 64, 65, 1003, 6912}) {
+        for (int value : {-128, 127}) {
+            const std::vector<int8_t> q(size_t(3 * k), int8_t(value));
+            for (int weight : {-1, 1})
+                check_matmul(fmt, std::vector<int8_t>(size_t(5 * k), int8_t(weight)), 5, k, q, 3, what);
+            check_matmul(fmt, ternary_weights(5, k), 5, k, q, 3, what);
+        }
+    }
+    std::snprintf(what, sizeof what, "%s zero rows and weights", f);
+    for (int64_t m : {1, 7}) {
+        const int64_t n = 37, k = 1003;
+        auto w = ternary_weights(n, k);
+        auto q = activations(m, k);
+        for (int64_t r = 0; r < n; r += 3) std::memset(&w[size_t(r * k)], 0, size_t(k));
+        for (int64_t r = 0; r < m; r += 2) std::memset(&q[size_t(r * k)], 0, size_t(k));
+        check_matmul(fmt, w, n, k, q, m, what);
+        check_matmul(fmt, std::vector<int8_t>(size_t(n * k), 0), n, k, q, m, what);
+    }
+}
+
+// Bytes the packer never writes (T2: both bits of a weight set; T1: codes 243..255) decode as
+// in the reference. K is a whole number of blocks, so there is no padding.
+void arbitrary_bytes() {
+    for (Format fmt : {Format::T2, Format::T1}) {
+        for (int64_t m : {1, 5}) {
+            const int64_t n = 9, k = 2560;
+            std::vector<uint8_t> packed(size_t(n) * row_bytes(fmt, k));
+            for (size_t i = 0; i < packed.size(); ++i)
+                packed[i] = uint8_t(fmt == Format::T1 && i % 3 == 0 ? 243 + rng() % 13 : rng());
+            const auto q = activations(m, k);
+            std::vector<int32_t> got(size_t(m * n)), want(size_t(m * n));
+            const KernelTable &neon = neon_kernels(), &ref = ref_kernels();
+            (fmt == Format::T2 ? neon.ternary_t2 : neon.ternary_t1)(packed.data(), k, 0, n, q.data(), k, m, got.data(), n);
+            (fmt == Format::T2 ? ref.ternary_t2 : ref.ternary_t1)(packed.data(), k, 0, n, q.data(), k, m, want.data(), n);
+            expect(got == want, "arbitrary packed bytes", long(fmt), long(k), long(m));
+        }
+    }
+}
+
+// Through ops.cpp: dispatch picks NEON, the pool splits rows; 1 and 2 threads give the same
+// int32 accumulators as the reference.
+void ops_layer() {
+    if (!set_active_isa("neon")) {
+        expect(false, "neon is not in available_isas", 0, 0, 0);
+        return;
+    }
+    for (Format fmt : {Format::T2, Format::T1}) {
+        for (int threads : {1, 2}) {
+            set_num_threads(threads);
+            for (int64_t m : {1, 7}) {
+                const int64_t n = 1003, k = 2560;
+                const auto w = ternary_weights(n, k);
+                const auto q = activations(m, k);
+                std::vector<uint8_t> packed(size_t(n) * row_bytes(fmt, k));
+                pack_rows(fmt, w.data(), n, k, packed.data());
+                std::vector<int32_t> got(size_t(m * n)), want(size_t(m * n));
+                ternary_matmul_i32(fmt, packed.data(), n, k, q.data(), m, got.data());
+                (fmt == Format::T2 ? ref_kernels().ternary_t2 : ref_kernels().ternary_t1)(
+                    packed.data(), k, 0, n, q.data(), k, m, want.data(), n);
+                expect(got == want, "ops ternary_matmul_i32", long(threads), long(k), long(m));
+            }
+        }
+    }
+    set_num_threads(1);
+}
+
+void quantize() {
+    std::normal_distribution<float> normal(0.f, 1.f);
+    for (int64_t k : {1, 3, 4, 7, 8, 9, 31, 96, 200, 255, 1003, 2560}) {
+        for (int variant = 0; variant < 8; ++variant) {
+            std::vector<float> x(static_cast<size_t>(k));
+            const float spread = variant == 0 ? 1e-7f : float(1 << variant);
+            for (auto& v : x) v = normal(rng) * spread;
+            if (variant == 1) std::fill(x.begin(), x.end(), 0.f);
+            if (variant == 2) x[size_t(k / 2)] = NAN;
+            if (variant == 3) x[0] = INFINITY;
+            if (variant == 4) {  // max |x| = 127 makes the scale exactly 1: ties at .5 go to even
+                for (int64_t i = 0; i < k; ++i) x[size_t(i)] = float(i % 9) - 4.5f;
+                x[0] = 127.f;
+            }
+            std::vector<int8_t> got(static_cast<size_t>(k)), want(static_cast<size_t>(k));
+            const float gs = neon_kernels().quantize_row(x.data(), k, got.data());
+            const float ws = ref_kernels().quantize_row(x.data(), k, want.data());
+            expect(got == want && std::memcmp(&gs, &ws, sizeof gs) == 0, "quantize_row", long(k), variant, 0);
+        }
+    }
+}
+
+void pack_round_trip() {
+    for (Format fmt : {Format::T2, Format::T1}) {
+        for (int64_t k : kSizes) {
+            const auto w = ternary_weights(3, k);
+            std::vector<uint8_t> packed(3 * row_bytes(fmt, k));
+            pack_rows(fmt, w.data(), 3, k, packed.data());
+            std::vector<int8_t> back(size_t(3 * k));
+            unpack_rows(fmt, packed.data(), 3, k, back.data());
+            expect(back == w, "pack round trip", long(fmt), long(k), 0);
+        }
+    }
+}
+
+}  // namespace
+
+int main() {
+    pack_round_trip();
+    quantize();
+    matmul_sweeps(Format::T2);
+    matmul_sweeps(Format::T1);
+    arbitrary_bytes();
+    ops_layer();
+    std::printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
