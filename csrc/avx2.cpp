@@ -69,11 +69,12 @@ inline __m256i flush16(__m256i acc32, __m256i acc16) {
     return _mm256_add_epi32(acc32, _mm256_madd_epi16(acc16, _mm256_set1_epi16(1)));
 }
 
-// Minus-weight count of a T2 row (padding bits are zero).
+// Count of -1 weights of a T2 row (padding bits are zero; a +1 bit wins over a -1 bit, as in
+// the reference, for bytes the packer never writes).
 inline int32_t t2_minus_count(const uint8_t* w, size_t rb) {
     int32_t c = 0;
     for (size_t b = 0; b < rb; b += kT2BlockBytes)
-        for (int s = 0; s < 4; ++s) c += int32_t(_mm_popcnt_u64(load_u64(w + b + 32 + 8 * s)));
+        for (int s = 0; s < 4; ++s) c += int32_t(_mm_popcnt_u64(load_u64(w + b + 32 + 8 * s) & ~load_u64(w + b + 8 * s)));
     return c;
 }
 
@@ -126,7 +127,7 @@ __attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, in
             const __m256i x[2] = {loadu(src), loadu(src + 32)};
             for (int r = 0; r < R; ++r) {
                 const uint8_t* blk = w[r] + (p / 4) * kT2BlockBytes + 8 * (p % 4);
-                const uint64_t minus = load_u64(blk + 32), nonzero = load_u64(blk) | minus;
+                const uint64_t plus = load_u64(blk), minus = load_u64(blk + 32) & ~plus, nonzero = plus | minus;
                 const __m256i bm = _mm256_set1_epi64x(int64_t(minus));
                 const __m256i bz = _mm256_set1_epi64x(int64_t(nonzero));
                 for (int h = 0; h < 2; ++h) {
@@ -215,7 +216,7 @@ void t2_expand(const uint8_t* packed, size_t rb, int64_t planes, int64_t n, __m2
         corr[r] = t2_minus_count(w, rb);
         for (int64_t p = 0; p < planes; ++p) {
             const uint8_t* blk = w + (p / 4) * kT2BlockBytes + 8 * (p % 4);
-            const uint64_t minus = load_u64(blk + 32), nonzero = load_u64(blk) | minus;
+            const uint64_t plus = load_u64(blk), minus = load_u64(blk + 32) & ~plus, nonzero = plus | minus;
             const __m256i bm = _mm256_set1_epi64x(int64_t(minus)), bz = _mm256_set1_epi64x(int64_t(nonzero));
             for (int h = 0; h < 2; ++h) {
                 e[expanded_index(p, R, r, h)] = ex.half(bm, h);

@@ -48,9 +48,10 @@ inline __mmask64 plane_mask(int64_t K, int64_t p) {
 
 inline __m512i vnot(__m512i x) { return _mm512_ternarylogic_epi32(x, x, x, 0x55); }
 
-// d = x where w = +1 (kp), ~x where w = -1 (km), else 0.
+// d = x where w = +1 (kp), ~x where w = -1 (km), else 0. A byte the packer never writes, with
+// both bits set, counts as +1 as in the reference.
 inline __m512i select(__mmask64 kp, __mmask64 km, __m512i x, __m512i nx) {
-    return _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(kp, x), km, nx);
+    return _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(km, nx), kp, x);
 }
 
 // (x ^ minus) & nonzero, with minus / nonzero as 0x00/0xFF byte masks: x, ~x or 0.
@@ -79,6 +80,21 @@ inline void store_sums(const __m512i* s, const int32_t* corr, int32_t* out) {
     } else {
         for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_epi32(s[r]) + corr[r];
     }
+}
+
+inline uint64_t load_u64(const uint8_t* p) {
+    uint64_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// Count of -1 weights of a T2 row (padding bits are zero; a +1 bit wins over a -1 bit).
+inline int32_t t2_minus_count(const uint8_t* w, size_t rb) {
+    int32_t c = 0;
+    for (size_t b = 0; b < rb; b += kT2BlockBytes)
+        for (int s = 0; s < 4; ++s)
+            c += int32_t(_mm_popcnt_u64(load_u64(w + b + 32 + 8 * s) & ~load_u64(w + b + 8 * s)));
+    return c;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -155,17 +171,8 @@ __attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, in
     const int64_t full_blocks = K / kT2BlockWeights;
     const uint8_t* w[R];
     for (int r = 0; r < R; ++r) w[r] = packed + (n + r) * int64_t(rb);
-    int32_t corr[R] = {};
-    for (int r = 0; r < R; ++r) {
-        for (int64_t b = 0; b < int64_t(rb) / kT2BlockBytes; ++b) {
-            const uint8_t* blk = w[r] + b * kT2BlockBytes + 32;
-            for (int s = 0; s < 4; ++s) {
-                uint64_t mm;
-                std::memcpy(&mm, blk + 8 * s, sizeof mm);
-                corr[r] += int32_t(_mm_popcnt_u64(mm));
-            }
-        }
-    }
+    int32_t corr[R];
+    for (int r = 0; r < R; ++r) corr[r] = t2_minus_count(w[r], rb);
     const __m512i ones = _mm512_set1_epi8(1);
     for (int64_t m = 0; m < M; ++m) {
         const int8_t* a = q + m * ldq;
@@ -258,17 +265,13 @@ void t2_expand(const uint8_t* packed, size_t rb, int64_t planes, int64_t n, __m5
                int32_t* corr) {
     for (int r = 0; r < R; ++r) {
         const uint8_t* w = packed + (n + r) * int64_t(rb);
-        int32_t c = 0;
+        corr[r] = t2_minus_count(w, rb);
         for (int64_t p = 0; p < planes; ++p) {
             const uint8_t* blk = w + (p / 4) * kT2BlockBytes + 8 * (p % 4);
-            uint64_t plus, minus;
-            std::memcpy(&plus, blk, sizeof plus);
-            std::memcpy(&minus, blk + 32, sizeof minus);
-            c += int32_t(_mm_popcnt_u64(minus));
+            const uint64_t plus = load_u64(blk), minus = load_u64(blk + 32) & ~plus;
             e[(p * R + r) * 2] = _mm512_movm_epi8(_cvtu64_mask64(minus));
             e[(p * R + r) * 2 + 1] = _mm512_movm_epi8(_cvtu64_mask64(plus | minus));
         }
-        corr[r] = c;
     }
 }
 

@@ -218,6 +218,22 @@ def test_matmul_zero_rows_and_weights(isa, threads, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_matmul_arbitrary_packed_bytes(isa, fmt):
+    """Bytes the packer never writes (T2: both bits of a weight set; T1: codes 243..255) give
+    what the reference kernel gives (K a whole number of blocks: no padding)."""
+    for n, k, m in ((7, 1280, 1), (33, 2560, 5)):
+        r = rng(n, k, m, 6)
+        packed = r.integers(0, 256, size=(n, kernels.row_bytes(fmt, k)), dtype=np.uint8)
+        if fmt == "t1":
+            packed[:, ::3] = r.integers(243, 256, size=packed[:, ::3].shape, dtype=np.uint8)
+        q = activations(r, m, k)
+        got = kernels.ternary_matmul_i32(fmt, packed, k, q)
+        kernels.set_isa("ref")
+        want = kernels.ternary_matmul_i32(fmt, packed, k, q)
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_matmul_same_for_any_thread_count(isa, fmt):
     n, k, m = 1003, 2560, 9
     r = rng(n, k, m, 5)
