@@ -20,7 +20,7 @@ What one run does, per model:
 3. Times, alternating formats (the order rotates every repetition) inside each repetition and
    thread count, on a shared machine where only ratios from one run mean much:
    - ppN: one forward of N prompt tokens at position 0 (logits of the last token only, as the
-     engine's prefill and llama-bench do), after one decode step that pages the weights in;
+     engine's prefill and llama-bench do), after a 2-token prefill that pages the weights in;
    - tgN: N decode steps (Model.step) at positions 0..N-1, after one warm-up step;
    - the machine's DRAM read bandwidth (engine._kernels.stream_read_gbps, the loop
      benchmarks/bench_kernels.py uses) at the same thread count, in the same repetition.
@@ -273,7 +273,10 @@ class Runner:
         """kind 'pp': one n-token prefill; 'tg': n decode steps. -> seconds, peak RSS."""
         from engine import kernels
         kernels.set_threads(threads)
-        self._step(self.ids[0], 0)  # pages the weights in, wakes the pool
+        if kind == "pp":  # warm-up: pages the weights in, makes the prefill buffers, wakes the pool
+            self.model.forward(self.ids[:2], 0, last_only=True)
+        else:
+            self._step(self.ids[0], 0)
         peak_rss_reset()
         if kind == "pp":
             t0 = time.perf_counter()
@@ -758,6 +761,9 @@ def build_rows(mr: ModelRun, threads_list, pp_list, tg) -> list[dict]:
             if v.overhead and threads == max(threads_list):
                 row["python_overhead"] = _median([o["overhead"] for o in v.overhead])
                 row["kernel_calls_per_step"] = v.overhead[-1]["calls_per_step"]
+            if v.engine == "ours":
+                row["open_s"] = v.info.get("open_s")
+                row["kv_cache_mb"] = v.info.get("kv_bytes", 0) / 1e6
             row["validation"] = v.validation
             rows.append(row)
     return rows
