@@ -583,8 +583,8 @@ def _variant_label(fmt: str, head: str) -> str:
     return fmt if head == "f16" or fmt == "f16" else f"{fmt}/i8"
 
 
-def resolve_models(args) -> list[tuple[str, list[tuple[str, str, str]]]]:
-    """[(model name, [(label, fmt, lm_head)])] plus how to get each file (done lazily)."""
+def resolve_models(args) -> list[tuple[str, str, str]]:
+    """[(label, weight format, lm_head format)] of every model variant asked for."""
     formats = _split(args.formats, str)
     heads = _split(args.lm_head, str)
     for f in formats:
@@ -650,7 +650,7 @@ def _progress(total: int):
 
 
 def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
-    from engine import _kernels, kernels
+    from engine import _kernels
     ctx = max(pp_list + [tg, 8])
     ours = [v for v in mr.variants if v.engine == "ours"]
     workers = {}
@@ -662,7 +662,8 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
                 bar.set_description(f"{mr.name} {v.label}: open + validate")
             workers[v.label].wait_open()
             v.info = workers[v.label].call("info")
-            v.validation = workers[v.label].call("validate", max(pp_list), max(threads_list))
+            v.validation = workers[v.label].call("validate", max(pp_list, default=VALIDATE_GEMM_M),
+                                                    max(threads_list))
         _check_model_logits(mr, workers)
         llama = [v for v in mr.variants if v.engine == "llama.cpp"]
         for rep in range(args.reps):
@@ -670,7 +671,6 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
                 if bar is not None:
                     bar.set_description(f"{mr.name} rep {rep + 1}/{args.reps} t={threads}: DRAM")
                 mr.dram.setdefault(threads, []).append(_kernels.stream_read_gbps(args.dram_mb << 20, threads, 3))
-                kernels.set_threads(1)
                 order = ours[rep % len(ours):] + ours[:rep % len(ours)]
                 for v in order:
                     w = workers[v.label]
