@@ -1023,6 +1023,16 @@ def _main(argv=None) -> int:
     for mr in runs:
         ds = ", ".join(f"{t} thr {_median(v):.1f} GB/s" for t, v in sorted(mr.dram.items()))
         print(f"DRAM read bandwidth ({mr.name} run): {ds}")
+    for mr in runs:
+        parts = []
+        for v in mr.variants:
+            if v.overhead:
+                o = v.overhead
+                parts.append(f"{v.label} {100 * _median([x['overhead'] for x in o]):.1f}% of "
+                             f"{1e3 * _median([x['step_s'] for x in o]):.2f} ms "
+                             f"({_median([x['calls_per_step'] for x in o]):.0f} kernel calls)")
+        if parts:
+            print(f"Python overhead per decode step ({mr.name}, {max(threads_list)} threads): " + "; ".join(parts))
     for line in targets(rows, tg):
         print(line)
     if args.json:
