@@ -700,13 +700,13 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
 def _check_model_logits(mr: ModelRun, workers: dict) -> None:
     """T1 logits must equal T2 logits exactly; f16's relative difference is recorded."""
     logits = {label: w.call("logits") for label, w in workers.items()}
-    for v in mr.variants:
-        if v.engine != "ours":
+    ours = [v for v in mr.variants if v.engine == "ours"]
+    for v in ours:
+        if v.info["weight_format"] != "t1":
             continue
-        head = v.info["lm_head_format"]
-        ref = next((lab for lab, u in ((u.label, u) for u in mr.variants if u.engine == "ours")
-                    if u.info["weight_format"] == "t2" and u.info["lm_head_format"] == head), None)
-        if ref is None or ref == v.label or v.info["weight_format"] == "f16":
+        ref = next((u.label for u in ours if u.info["weight_format"] == "t2"
+                    and u.info["lm_head_format"] == v.info["lm_head_format"]), None)
+        if ref is None:
             continue
         if not np.array_equal(logits[v.label], logits[ref]):
             d = float(np.abs(logits[v.label] - logits[ref]).max())
