@@ -91,7 +91,7 @@ class Variant:
             self.copies = [w] + [w.copy() for _ in range(ncopies - 1)]
         self.bytes = self.copies[0].nbytes  # weight bytes one call streams
         self.next = 0
-        self.times = []
+        self.times, self.cpu_share = [], []
 
     def call(self, w):
         if self.fmt in ("t2", "t1"):
@@ -135,10 +135,11 @@ class Variant:
                 raise AssertionError(f"{self.label()}: output[{m}, {n0 + n}] = {out[m, n]}, "
                                      f"numpy {want[m, n]}")
 
-    def run_slice(self, min_seconds):
+    def run_slice(self, min_seconds, threads):
         """Call the kernel on successive copies for >= min_seconds (and >= one pass when it is
-        cheap); record seconds per call."""
-        calls, t0 = 0, time.perf_counter()
+        cheap); record seconds per call, and the share of the threads' wall time this process
+        got the CPU for (below ~0.9 other processes were taking the cores)."""
+        calls, t0, c0 = 0, time.perf_counter(), time.process_time()
         ncopies = len(self.copies)
         while True:
             self.call(self.copies[self.next])
@@ -148,6 +149,7 @@ class Variant:
             if elapsed >= min_seconds and (calls >= ncopies or elapsed >= 4 * min_seconds):
                 break
         self.times.append(elapsed / calls)
+        self.cpu_share.append((time.process_time() - c0) / (elapsed * threads))
 
     def label(self):
         return f"{self.kernel} {self.fmt} {self.n}x{self.k} M={self.m}"
@@ -183,13 +185,15 @@ def main(argv=None):
     print(f"# {cpu_model()}, {os.cpu_count()} cpus, {cores} physical cores, "
           f"last-level cache {llc >> 20} MiB, ISA {isa} (available {', '.join(K.available_isas())})")
     print(f"# weights cycle over >= {min_bytes / 2**20:.0f} MiB of copies per shape; "
-          f"{args.rounds} alternating rounds; medians")
+          f"{args.rounds} alternating rounds; medians; load average {os.getloadavg()[0]:.1f}")
+    print("# cpu: CPU time this process got / (wall x threads); well below 100% means other "
+          "processes shared the cores and the figures are pessimistic")
     dram_bytes = max(int(min_bytes), 256 << 20)
     dram_samples = {t: [] for t in thread_counts}
 
     records = []
     header = (f"{'shape':<12} {'N x K':>12} {'kernel':<5} {'fmt':<5} {'thr':>3} {'M':>4} "
-              f"{'time':>10} {'GB/s':>7} {'%DRAM':>6} {'GOPS':>8} {'tok/s':>9} {'copies':>6}")
+              f"{'time':>10} {'GB/s':>7} {'%DRAM':>6} {'GOPS':>8} {'tok/s':>9} {'copies':>6} {'cpu':>4}")
     print(header)
     for name, n, k, shape_formats in shapes:
         fmts = [f for f in shape_formats if f in formats]
@@ -206,12 +210,12 @@ def main(argv=None):
         for t in thread_counts:
             K.set_threads(t)
             for v in variants:
-                v.times = []
+                v.times, v.cpu_share = [], []
             shape_dram = []
             for _ in range(args.rounds):
                 shape_dram.append(K.stream_read_gbps(dram_bytes, t, 1))
                 for v in variants:
-                    v.run_slice(args.min_time)
+                    v.run_slice(args.min_time, t)
             dram_samples[t] += shape_dram
             dram = float(np.median(shape_dram))
             for v in variants:
@@ -223,11 +227,13 @@ def main(argv=None):
                     "tokens_per_s": v.m / sec, "shape": name, "bits_per_weight": BITS[v.fmt],
                     "weight_bytes": v.bytes, "copies": len(v.copies),
                     "seconds_all_rounds": [float(s) for s in v.times],
+                    "cpu_share": float(np.median(v.cpu_share)),
                 }
                 records.append(rec)
                 print(f"{name:<12} {f'{n}x{k}':>12} {v.kernel:<5} {v.fmt:<5} {t:>3} {v.m:>4} "
                       f"{sec * 1e3:>8.3f}ms {rec['gbps']:>7.2f} {100 * rec['gbps'] / dram:>5.0f}% "
-                      f"{rec['gops']:>8.1f} {rec['tokens_per_s']:>9.1f} {len(v.copies):>6}")
+                      f"{rec['gops']:>8.1f} {rec['tokens_per_s']:>9.1f} {len(v.copies):>6} "
+                      f"{100 * rec['cpu_share']:>3.0f}%")
             print(f"{name:<12} {f'{n}x{k}':>12} {'dram':<5} {'read':<5} {t:>3} {'':>4} "
                   f"{'':>10} {dram:>7.2f}  100%")
             sys.stdout.flush()
@@ -240,7 +246,8 @@ def main(argv=None):
     if args.json:
         meta = {"cpu": cpu_model(), "isa": isa, "available_isas": K.available_isas(),
                 "physical_cores": cores, "llc_bytes": llc, "dram_gbps": dram_all,
-                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds": args.rounds}
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds": args.rounds,
+                "load_average_end": os.getloadavg()[0]}
         Path(args.json).write_text(json.dumps({"meta": meta, "records": records}, indent=1))
         print(f"# wrote {len(records)} records to {args.json}")
 

@@ -15,7 +15,6 @@ struct V256 {
     // 16 registers: 8 rows x 1 token for GEMV; 3 rows x 4 tokens (12 accumulators + 3 weights
     // + 1 activation) for GEMM.
     static constexpr int kGemvRows = 8, kTileR = 3, kTileM = 4;
-    static constexpr int kPrefetch = 0;  // bytes ahead for GEMV rows (0: hardware prefetch only)
 
     static __m256i mask(int n) {
         return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

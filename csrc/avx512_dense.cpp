@@ -17,7 +17,6 @@ struct V512 {
     // 8 rows x 1 token for GEMV; 4 rows x 6 tokens (24 accumulators + 4 weights + 1
     // activation of the 32 registers) for GEMM.
     static constexpr int kGemvRows = 8, kTileR = 4, kTileM = 6;
-    static constexpr int kPrefetch = 0;  // bytes ahead for GEMV rows (0: hardware prefetch only)
 
     static __mmask16 mask(int n) { return __mmask16((1u << n) - 1); }
     static F zero() { return _mm512_setzero_ps(); }
