@@ -121,7 +121,7 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--seq-len", dest="seq_len", type=int, default=256)
-    ap.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    ap.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)

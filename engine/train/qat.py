@@ -92,7 +92,7 @@ CONFIGS = {
                   num_kv_heads=2, head_dim=64), dict(tokens=2_000_000)),
     # the shipped model: sized by measured 1-thread training speed (docs/training.md)
     "small": (dict(hidden_size=192, intermediate_size=512, num_layers=4, num_heads=3,
-                   num_kv_heads=3, head_dim=64), dict(tokens=1_500_000)),
+                   num_kv_heads=3, head_dim=64), dict(tokens=3_000_000, batch_size=8)),
 }
 
 
