@@ -165,6 +165,8 @@ def parse_args(argv):
                    + ", ".join(s[0] for s in SHAPES))
     p.add_argument("--formats", help="comma-separated formats (default: all): t2,t1,f16,int8")
     p.add_argument("--gemm-m", type=int, default=GEMM_M, help="tokens of the GEMM rows")
+    p.add_argument("--isa", help="comma-separated ISAs to time, or 'all' for every SIMD ISA here "
+                   "(default: the active one; 'ref' only when named: the scalar reference is slow)")
     p.add_argument("--cache-multiple", type=float, default=4.0,
                    help="weight copies per shape cover this multiple of the last-level cache")
     return p.parse_args(argv)
@@ -179,11 +181,15 @@ def main(argv=None):
     formats = args.formats.split(",") if args.formats else list(BITS)
     llc = last_level_cache_bytes()
     min_bytes = args.cache_multiple * llc
-    isa = K.active_isa()
+    simd = [i for i in K.available_isas() if i != "ref"] or ["ref"]
+    isas = simd if args.isa == "all" else args.isa.split(",") if args.isa else [K.active_isa()]
+    for name in isas:
+        K.set_isa(name)  # ValueError now rather than after the first shape
     rng = np.random.default_rng(0)
 
     print(f"# {cpu_model()}, {os.cpu_count()} cpus, {cores} physical cores, "
-          f"last-level cache {llc >> 20} MiB, ISA {isa} (available {', '.join(K.available_isas())})")
+          f"last-level cache {llc >> 20} MiB, ISA {','.join(isas)} (available "
+          f"{', '.join(K.available_isas())})")
     print(f"# weights cycle over >= {min_bytes / 2**20:.0f} MiB of copies per shape; "
           f"{args.rounds} alternating rounds; medians; load average {os.getloadavg()[0]:.1f}")
     print("# cpu: CPU time this process got / (wall x threads); well below 100% means other "
@@ -192,7 +198,7 @@ def main(argv=None):
     dram_samples = {t: [] for t in thread_counts}
 
     records = []
-    header = (f"{'shape':<12} {'N x K':>12} {'kernel':<5} {'fmt':<5} {'thr':>3} {'M':>4} "
+    header = (f"{'shape':<12} {'N x K':>12} {'kernel':<5} {'fmt':<5} {'isa':<6} {'thr':>3} {'M':>4} "
               f"{'time':>10} {'GB/s':>7} {'%DRAM':>6} {'GOPS':>8} {'tok/s':>9} {'copies':>6} {'cpu':>4}")
     print(header)
     for name, n, k, shape_formats in shapes:
@@ -203,48 +209,24 @@ def main(argv=None):
         for fmt in fmts:
             gemv = Variant("gemv", fmt, n, k, 1, rng, min_bytes)
             variants += [gemv, Variant("gemm", fmt, n, k, args.gemm_m, rng, 0, share=gemv)]
-        for t in thread_counts:  # validate before timing, at every thread count
-            K.set_threads(t)
-            for v in variants:
-                v.validate()
-        for t in thread_counts:
-            K.set_threads(t)
-            for v in variants:
-                v.times, v.cpu_share = [], []
-            shape_dram = []
-            for _ in range(args.rounds):
-                shape_dram.append(K.stream_read_gbps(dram_bytes, t, 1))
+        for isa in isas:
+            K.set_isa(isa)
+            for t in thread_counts:  # validate before timing, at every thread count
+                K.set_threads(t)
                 for v in variants:
-                    v.run_slice(args.min_time, t)
-            dram_samples[t] += shape_dram
-            dram = float(np.median(shape_dram))
-            for v in variants:
-                sec = float(np.median(v.times))
-                rec = {
-                    "kernel": v.kernel, "format": v.fmt, "isa": isa, "threads": t,
-                    "N": n, "K": k, "M": v.m, "seconds": sec, "gbps": v.bytes / sec / 1e9,
-                    "dram_gbps": dram, "gops": 2.0 * v.m * n * k / sec / 1e9,
-                    "tokens_per_s": v.m / sec, "shape": name, "bits_per_weight": BITS[v.fmt],
-                    "weight_bytes": v.bytes, "copies": len(v.copies),
-                    "seconds_all_rounds": [float(s) for s in v.times],
-                    "cpu_share": float(np.median(v.cpu_share)),
-                }
-                records.append(rec)
-                print(f"{name:<12} {f'{n}x{k}':>12} {v.kernel:<5} {v.fmt:<5} {t:>3} {v.m:>4} "
-                      f"{sec * 1e3:>8.3f}ms {rec['gbps']:>7.2f} {100 * rec['gbps'] / dram:>5.0f}% "
-                      f"{rec['gops']:>8.1f} {rec['tokens_per_s']:>9.1f} {len(v.copies):>6} "
-                      f"{100 * rec['cpu_share']:>3.0f}%")
-            print(f"{name:<12} {f'{n}x{k}':>12} {'dram':<5} {'read':<5} {t:>3} {'':>4} "
-                  f"{'':>10} {dram:>7.2f}  100%")
-            sys.stdout.flush()
+                    v.validate()
+            for t in thread_counts:
+                K.set_threads(t)
+                records += time_shape(variants, name, isa, t, args, dram_bytes, dram_samples)
         del variants
 
     dram_all = {t: float(np.median(s)) for t, s in dram_samples.items() if s}
     print("\n# DRAM read bandwidth (median of all samples): "
           + ", ".join(f"{t} thread{'s' * (t > 1)} {g:.2f} GB/s" for t, g in dram_all.items()))
-    print_targets(records, max(thread_counts))
+    for isa in isas:
+        print_targets(records, max(thread_counts), isa)
     if args.json:
-        meta = {"cpu": cpu_model(), "isa": isa, "available_isas": K.available_isas(),
+        meta = {"cpu": cpu_model(), "isas": isas, "available_isas": K.available_isas(),
                 "physical_cores": cores, "llc_bytes": llc, "dram_gbps": dram_all,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds": args.rounds,
                 "load_average_end": os.getloadavg()[0]}
@@ -252,10 +234,47 @@ def main(argv=None):
         print(f"# wrote {len(records)} records to {args.json}")
 
 
-def print_targets(records, threads):
+def time_shape(variants, name, isa, t, args, dram_bytes, dram_samples):
+    """Alternating rounds of every variant of one shape (plus a DRAM sample per round) at t
+    threads; prints and returns one record per variant."""
+    for v in variants:
+        v.times, v.cpu_share = [], []
+    shape_dram = []
+    for _ in range(args.rounds):
+        shape_dram.append(K.stream_read_gbps(dram_bytes, t, 1))
+        for v in variants:
+            v.run_slice(args.min_time, t)
+    dram_samples[t] += shape_dram
+    dram = float(np.median(shape_dram))
+    records = []
+    for v in variants:
+        n, k = v.n, v.k
+        sec = float(np.median(v.times))
+        rec = {
+            "kernel": v.kernel, "format": v.fmt, "isa": isa, "threads": t,
+            "N": n, "K": k, "M": v.m, "seconds": sec, "gbps": v.bytes / sec / 1e9,
+            "dram_gbps": dram, "gops": 2.0 * v.m * n * k / sec / 1e9,
+            "tokens_per_s": v.m / sec, "shape": name, "bits_per_weight": BITS[v.fmt],
+            "weight_bytes": v.bytes, "copies": len(v.copies),
+            "seconds_all_rounds": [float(s) for s in v.times],
+            "cpu_share": float(np.median(v.cpu_share)),
+        }
+        records.append(rec)
+        print(f"{name:<12} {f'{n}x{k}':>12} {v.kernel:<5} {v.fmt:<5} {isa:<6} {t:>3} {v.m:>4} "
+              f"{sec * 1e3:>8.3f}ms {rec['gbps']:>7.2f} {100 * rec['gbps'] / dram:>5.0f}% "
+              f"{rec['gops']:>8.1f} {rec['tokens_per_s']:>9.1f} {len(v.copies):>6} "
+              f"{100 * rec['cpu_share']:>3.0f}%")
+    print(f"{name:<12} {f'{n}x{k}':>12} {'dram':<5} {'read':<5} {'':<6} {t:>3} {'':>4} "
+          f"{'':>10} {dram:>7.2f}  100%")
+    sys.stdout.flush()
+    return records
+
+
+def print_targets(records, threads, isa):
     """Issue 3's targets at the highest thread count, one line per shape and target."""
-    get = {(r["kernel"], r["format"], r["N"], r["K"]): r for r in records if r["threads"] == threads}
-    print(f"\n# targets at {threads} threads (weights from DRAM)")
+    get = {(r["kernel"], r["format"], r["N"], r["K"]): r for r in records
+           if r["threads"] == threads and r["isa"] == isa}
+    print(f"\n# targets, {isa}, {threads} threads (weights from DRAM)")
     for name, n, k, _ in SHAPES:
         t2, t1, f16 = (get.get(("gemv", f, n, k)) for f in ("t2", "t1", "f16"))
         lines = []

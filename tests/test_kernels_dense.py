@@ -244,3 +244,21 @@ def test_rmsnorm_quantize_identical_across_isas():
 
 def test_stream_read_gbps_is_positive():
     assert kernels._kernels.stream_read_gbps(1 << 20, 1, 1) > 0
+
+
+def test_bench_kernels_smoke(tmp_path):
+    """benchmarks/bench_kernels.py validates and times one small shape end to end."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_kernels.py"
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(script), "--shapes", "attn.kv", "--threads", "1",
+                    "--rounds", "1", "--min-time", "0.001", "--cache-multiple", "0.01",
+                    "--gemm-m", "8", "--json", str(out)], check=True, capture_output=True, timeout=300)
+    records = json.loads(out.read_text())["records"]
+    assert {(r["kernel"], r["format"]) for r in records} == {
+        (k, f) for k in ("gemv", "gemm") for f in ("t2", "t1", "f16")}
+    assert all(r["seconds"] > 0 and r["dram_gbps"] > 0 for r in records)
