@@ -23,8 +23,10 @@ What one run does, per model:
      engine's prefill and llama-bench do), after a 2-token prefill that pages the weights in;
    - tgN: N decode steps (Model.step) at positions 0..N-1, after one warm-up step;
    - the machine's DRAM read bandwidth (engine._kernels.stream_read_gbps, the loop
-     benchmarks/bench_kernels.py uses) at the same thread count, in the same repetition.
-   Reported values are medians over repetitions.
+     benchmarks/bench_kernels.py uses) at the same thread count, in every repetition.
+   Reported tok/s are medians over repetitions; the DRAM bandwidth is the best sample of the
+   run (as STREAM reports it: a neighbour's traffic only ever lowers a sample, and %DRAM is
+   a fraction of what the machine can do).
 4. Python overhead of a decode step (at the largest thread count, each repetition): every
    compute function of engine.kernels (and any reference to one held by another engine module)
    is wrapped by a timer, perf_counter around the bound call, so pybind11's argument checks
@@ -670,7 +672,7 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
             for threads in threads_list:
                 if bar is not None:
                     bar.set_description(f"{mr.name} rep {rep + 1}/{args.reps} t={threads}: DRAM")
-                mr.dram.setdefault(threads, []).append(_kernels.stream_read_gbps(args.dram_mb << 20, threads, 3))
+                mr.dram.setdefault(threads, []).append(_kernels.stream_read_gbps(args.dram_mb << 20, threads, 5))
                 order = ours[rep % len(ours):] + ours[:rep % len(ours)]
                 for v in order:
                     w = workers[v.label]
@@ -684,6 +686,7 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
                             bar.update()
                     if threads == max(threads_list) and tg:
                         v.overhead.append(w.call("kernel_time", min(OVERHEAD_STEPS, tg), threads))
+                mr.dram[threads].append(_kernels.stream_read_gbps(args.dram_mb << 20, threads, 5))
                 for v in llama:
                     if bar is not None:
                         bar.set_description(f"{mr.name} rep {rep + 1}/{args.reps} t={threads} {v.label}")
@@ -733,7 +736,7 @@ def build_rows(mr: ModelRun, threads_list, pp_list, tg) -> list[dict]:
         for threads in threads_list:
             if not any(k[0] == threads for k in v.samples):
                 continue
-            dram = _median(mr.dram.get(threads, []))
+            dram = max(mr.dram.get(threads, []), default=None)
             row = dict(model=mr.name, engine=v.engine, format=v.label, threads=threads,
                        isa=v.validation.get("isa"), validated=bool(v.validation) if v.engine == "ours" else None)
             row.update(weight_format=v.info.get("weight_format"), lm_head=v.info.get("lm_head_format"),
@@ -750,6 +753,7 @@ def build_rows(mr: ModelRun, threads_list, pp_list, tg) -> list[dict]:
                 gbps = tps * v.info.get("bytes_per_token", 0) / 1e9 if tps else None
                 row["gbps"] = gbps
                 row["dram_gbps"] = dram
+                row["dram_gbps_samples"] = mr.dram.get(threads, [])
                 row["pct_dram"] = 100.0 * gbps / dram if gbps and dram else None
                 if f16 is not None and (threads, tg_key) in f16.samples:
                     row["speedup_tg"] = tps / _median(f16.samples[(threads, tg_key)])
@@ -1021,8 +1025,9 @@ def _main(argv=None) -> int:
     print(head)
     print(table(rows, pp_list, tg))
     for mr in runs:
-        ds = ", ".join(f"{t} thr {_median(v):.1f} GB/s" for t, v in sorted(mr.dram.items()))
-        print(f"DRAM read bandwidth ({mr.name} run): {ds}")
+        ds = ", ".join(f"{t} thr {max(v):.1f} GB/s (samples {min(v):.1f}..{max(v):.1f})"
+                       for t, v in sorted(mr.dram.items()))
+        print(f"DRAM read bandwidth ({mr.name} run, best): {ds}")
     for mr in runs:
         parts = []
         for v in mr.variants:
