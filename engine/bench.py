@@ -777,15 +777,19 @@ def _fmt(x, spec="{:.1f}", none="-"):
     return none if x is None else spec.format(x)
 
 
+def _mb(x):
+    return "-" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
 def table(rows: list[dict], pp_list, tg) -> str:
     cols = [("model", lambda r: r["model"]), ("format", lambda r: r["format"]),
             ("bits/w", lambda r: _fmt(r["bits_per_weight"], "{:.2f}")),
-            ("file MB", lambda r: _fmt(r["file_mb"], "{:.0f}")),
+            ("file MB", lambda r: _mb(r["file_mb"])),
             ("thr", lambda r: str(r["threads"]))]
     cols += [(f"pp{p} tok/s", lambda r, p=p: _fmt(r.get(f"pp{p}_tps"))) for p in pp_list]
     if tg:
         cols += [(f"tg{tg} tok/s", lambda r: _fmt(r.get(f"tg{tg}_tps"), "{:.2f}")),
-                 ("MB/tok", lambda r: _fmt(r["weights_mb_per_token"], "{:.0f}")),
+                 ("MB/tok", lambda r: _mb(r["weights_mb_per_token"])),
                  ("GB/s", lambda r: _fmt(r.get("gbps"))),
                  ("%DRAM", lambda r: _fmt(r.get("pct_dram"), "{:.0f}%")),
                  ("x fp16 tg", lambda r: _fmt(r.get("speedup_tg"), "{:.2f}x"))]
