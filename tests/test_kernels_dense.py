@@ -148,6 +148,8 @@ ATTN_CASES = [
     (17, 4, 1, 64, 0),
     (12, 6, 3, 80, 520),
     (40, 4, 1, 32, 200),
+    (2, 6, 3, 36, 270),  # head_dim off the vector width: masked tails
+    (3, 10, 5, 24, 9),
 ]
 
 
