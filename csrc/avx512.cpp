@@ -7,12 +7,14 @@
 //   d   = x where w = +1, ~x where w = -1, 0 where w = 0     (masked byte moves / one vpternlogd)
 //   acc = vpdpbusd(acc, ones, d)                              (ones x d: a widening add of d's bytes)
 // ~x = -x - 1 never overflows (-x does for x = -128), so each -1 weight leaves the sum one short:
-// every output adds its row's count of -1 weights (popcount of the minus masks).
+// every output adds its row's count of -1 weights (popcount of the minus masks). GEMV tokens
+// without -128 (all that quantize_rows makes) select -x instead and need no count.
 //
-// GEMV (few tokens): k-masks straight from the packed bytes (T2: kmovq; T1: 256-entry vpermi2b
-// tables), 4 rows per pass share each activation load, one horizontal sum per row and token.
-// GEMM (M >= kGemmMinTokens): a tile of 4 rows is expanded once into byte masks (minus, nonzero),
-// then every token costs one vpternlogd + one vpdpbusd per plane and row.
+// GEMV (few tokens): k-masks straight from the packed bytes (T2: kmovq; T1: a 256-entry vpermi2b
+// table and compares), 4 rows per pass share each activation load, one horizontal sum per row
+// and token. Zen 4 makes about one k-mask per cycle: that, not DRAM, bounds a core.
+// GEMM (more tokens): a tile of 4 rows is expanded once into byte masks (minus, nonzero), then
+// every token costs xor, and, vpdpbusd per plane and row (~2 cycles per 64 weights x token).
 // K that is not a multiple of 64: the last plane's activations come from a masked load (q ends at
 // K); planes past K hold only padding (zero weights) and are skipped.
 #include <immintrin.h>
@@ -30,7 +32,11 @@
 namespace ternary {
 namespace {
 
-constexpr int64_t kGemmMinTokens = 4;  // below: GEMV path per token (masks decoded per token)
+// GEMV (masks per token) below these token counts, GEMM (masks expanded once per 4-row tile,
+// ~8 cycles per row and plane) from them on: where the measured costs cross.
+constexpr int64_t kGemmMinTokensT2 = 6;
+constexpr int64_t kGemmMinTokensT1 = 3;
+constexpr int64_t kGemvMaxTokens = 5;
 constexpr int kRows = 4;               // rows per pass (GEMV and GEMM tiles)
 constexpr int kTokens = 4;             // tokens per GEMM tile: 4x4 accumulators + 8 mask vectors
 
@@ -46,7 +52,12 @@ inline __mmask64 plane_mask(int64_t K, int64_t p) {
     return left >= 64 ? _cvtu64_mask64(~0ull) : _cvtu64_mask64(~0ull >> (64 - left));
 }
 
-inline __m512i vnot(__m512i x) { return _mm512_ternarylogic_epi32(x, x, x, 0x55); }
+// acc += sums of 4 bytes of d (ones x d). Inline asm: GCC 12 copies the accumulator before and
+// after every _mm512_dpbusd_epi32 in a loop.
+inline __m512i add_bytes(__m512i acc, __m512i ones, __m512i d) {
+    asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(ones), "v"(d));
+    return acc;
+}
 
 // d = x where w = +1 (kp), ~x where w = -1 (km), else 0. A byte the packer never writes, with
 // both bits set, counts as +1 as in the reference.
@@ -54,9 +65,10 @@ inline __m512i select(__mmask64 kp, __mmask64 km, __m512i x, __m512i nx) {
     return _mm512_mask_mov_epi8(_mm512_maskz_mov_epi8(km, nx), kp, x);
 }
 
-// (x ^ minus) & nonzero, with minus / nonzero as 0x00/0xFF byte masks: x, ~x or 0.
+// (x ^ minus) & nonzero, with minus / nonzero as 0x00/0xFF byte masks: x, ~x or 0. Two
+// non-destructive ops rather than one vpternlogd, which would overwrite a reused operand.
 inline __m512i select_bytes(__m512i x, __m512i minus, __m512i nonzero) {
-    return _mm512_ternarylogic_epi32(x, minus, nonzero, 0x28);
+    return _mm512_and_si512(_mm512_xor_si512(x, minus), nonzero);
 }
 
 // Horizontal sums of 4 accumulators -> [sum a, sum b, sum c, sum d].
@@ -98,29 +110,25 @@ inline int32_t t2_minus_count(const uint8_t* w, size_t rb) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// T1 decoding: two 256-entry tables, looked up with vpermi2b (128 entries per lookup: one lookup
-// for codes < 128, one for >= 128, blended on the code's top bit). Generated from the same
-// base-3 rule as the reference, for all 256 byte values.
-//   lo[c]: bit 2i = digit i of c is +1, bit 2i + 1 = digit i is -1, for digits i = 0..3
-//   hi[c]: bit 0 / bit 1 = digit 4 is +1 / -1; bits 2..4 = number of -1 digits among all five
+// T1 decoding. Digits 0..3: a 256-entry table looked up with vpermi2b (128 entries per lookup:
+// one for codes < 128, one for >= 128, blended on the code's top bit), generated from the same
+// base-3 rule as the reference for all 256 byte values:
+//   lo[c]: bit 2i = digit i of c is +1, bit 2i + 1 = digit i is -1   (i = 0..3)
+// Digit 4 = (c / 81) % 3 by compares on c folded to c - 243 for the codes >= 243 the packer never
+// writes (folded = min(c, c + 13 mod 256)): -1 below 81, +1 from 162.
 struct T1Tables {
     alignas(64) uint8_t lo[256];
-    alignas(64) uint8_t hi[256];
 };
 
 constexpr T1Tables make_t1_tables() {
     T1Tables t{};
     for (int c = 0; c < 256; ++c) {
-        int v = c, lo = 0, hi = 0, minus = 0;
-        for (int i = 0; i < kT1DigitsPerByte; ++i, v /= 3) {
+        int v = c, lo = 0;
+        for (int i = 0; i < 4; ++i, v /= 3) {
             const int w = v % 3 - 1;
-            minus += w < 0;
-            const int bits = (w > 0 ? 1 : 0) | (w < 0 ? 2 : 0);
-            if (i < 4) lo |= bits << (2 * i);
-            else hi |= bits;
+            lo |= ((w > 0 ? 1 : 0) | (w < 0 ? 2 : 0)) << (2 * i);
         }
         t.lo[c] = uint8_t(lo);
-        t.hi[c] = uint8_t(hi | (minus << 2));
     }
     return t;
 }
@@ -128,116 +136,181 @@ constexpr T1Tables make_t1_tables() {
 constexpr T1Tables kT1Tables = make_t1_tables();
 
 struct T1Decoder {
-    __m512i lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3;
+    __m512i t0, t1, t2, t3;
     T1Decoder()
-        : lo0(_mm512_load_si512(kT1Tables.lo)), lo1(_mm512_load_si512(kT1Tables.lo + 64)),
-          lo2(_mm512_load_si512(kT1Tables.lo + 128)), lo3(_mm512_load_si512(kT1Tables.lo + 192)),
-          hi0(_mm512_load_si512(kT1Tables.hi)), hi1(_mm512_load_si512(kT1Tables.hi + 64)),
-          hi2(_mm512_load_si512(kT1Tables.hi + 128)), hi3(_mm512_load_si512(kT1Tables.hi + 192)) {}
+        : t0(_mm512_load_si512(kT1Tables.lo)), t1(_mm512_load_si512(kT1Tables.lo + 64)),
+          t2(_mm512_load_si512(kT1Tables.lo + 128)), t3(_mm512_load_si512(kT1Tables.lo + 192)) {}
 
-    // One block's 64 codes -> lo / hi table bytes.
-    inline void lookup(__m512i c, __m512i& lo, __m512i& hi) const {
-        const __mmask64 top = _mm512_movepi8_mask(c);
-        lo = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(lo0, c, lo1),
-                                    _mm512_permutex2var_epi8(lo2, c, lo3));
-        hi = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(hi0, c, hi1),
-                                    _mm512_permutex2var_epi8(hi2, c, hi3));
+    // 64 codes -> table bytes of digits 0..3.
+    inline __m512i lookup(__m512i c) const {
+        return _mm512_mask_blend_epi8(_mm512_movepi8_mask(c), _mm512_permutex2var_epi8(t0, c, t1),
+                                      _mm512_permutex2var_epi8(t2, c, t3));
     }
 };
 
-// Masks of digit plane i (0..4) from the looked-up bytes.
-inline void t1_digit_masks(int i, __m512i lo, __m512i hi, __mmask64& kp, __mmask64& km) {
+inline __m512i t1_fold(__m512i c) { return _mm512_min_epu8(c, _mm512_add_epi8(c, _mm512_set1_epi8(13))); }
+
+// Masks of digit i of a block: lo = table bytes, folded = t1_fold(codes).
+inline void t1_digit_masks(int i, __m512i lo, __m512i folded, __mmask64& kp, __mmask64& km) {
     if (i < 4) {
         kp = _mm512_test_epi8_mask(lo, _mm512_set1_epi8(char(1 << (2 * i))));
         km = _mm512_test_epi8_mask(lo, _mm512_set1_epi8(char(2 << (2 * i))));
     } else {
-        kp = _mm512_test_epi8_mask(hi, _mm512_set1_epi8(1));
-        km = _mm512_test_epi8_mask(hi, _mm512_set1_epi8(2));
+        kp = _mm512_cmpge_epu8_mask(folded, _mm512_set1_epi8(char(162)));
+        km = _mm512_cmplt_epu8_mask(folded, _mm512_set1_epi8(81));
     }
-}
-
-// Sum over a block of the per-code -1 counts (hi bits 2..4), as 8 u64 lanes of 4 x count.
-inline __m512i t1_minus_count4(__m512i hi) {
-    return _mm512_sad_epu8(_mm512_and_si512(hi, _mm512_set1_epi8(0x1c)), _mm512_setzero_si512());
 }
 
 // ---------------------------------------------------------------------------------------------
 // GEMV path: rows n .. n+R-1, every token m < M (tokens inside, so the R rows' weights stay in L1).
+// A token without -128 (quantize_rows never makes one: |x * 127 / amax| <= 127) takes -x for a
+// -1 weight, which cannot overflow, and needs no -1 count; a token with -128 takes ~x and adds
+// the rows' -1 counts, taken once on the integer ports during its pass.
 
-template <int R>
-__attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, int64_t K, int64_t n, const int8_t* q,
-                  int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
+inline bool has_int8_min(const int8_t* a, int64_t K) {
+    const __m512i lowest = _mm512_set1_epi8(-128);
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64)
+        if (_mm512_cmpeq_epi8_mask(_mm512_loadu_si512(a + k), lowest)) return true;
+    return k < K && _mm512_cmpeq_epi8_mask(_mm512_maskz_loadu_epi8(plane_mask(K, k / 64), a + k), lowest);
+}
+
+// One token: kExact = the token holds -128 (select ~x, count -1 weights into corr if count).
+template <int R, bool kExact>
+inline void t2_gemv_token(const uint8_t* const* w, int64_t K, const int8_t* a, bool count,
+                          int32_t* corr, int32_t* out) {
     const int64_t planes = (K + 63) / 64;
     const int64_t full_blocks = K / kT2BlockWeights;
+    const __m512i ones = _mm512_set1_epi8(1), all = _mm512_set1_epi8(-1);
+    __m512i s[R];
+    for (int r = 0; r < R; ++r) s[r] = _mm512_setzero_si512();
+    auto plane = [&](int64_t off, __m512i x) {
+        __m512i nx = kExact ? _mm512_xor_si512(x, all) : _mm512_sub_epi8(_mm512_setzero_si512(), x);
+        asm("" : "+v"(nx));  // one shared negation, not a masked subtract per row
+        for (int r = 0; r < R; ++r) {
+            const __m512i d = select(load_mask(w[r] + off), load_mask(w[r] + off + 32), x, nx);
+            s[r] = add_bytes(s[r], ones, d);
+            if (kExact && count)
+                corr[r] += int32_t(_mm_popcnt_u64(load_u64(w[r] + off + 32) & ~load_u64(w[r] + off)));
+        }
+    };
+    for (int64_t b = 0; b < full_blocks; ++b) {
+        const int8_t* ab = a + b * kT2BlockWeights;
+        for (int sub = 0; sub < 4; ++sub) plane(b * kT2BlockBytes + 8 * sub, _mm512_loadu_si512(ab + 64 * sub));
+    }
+    for (int64_t p = full_blocks * 4; p < planes; ++p)
+        plane((p / 4) * kT2BlockBytes + 8 * (p % 4), _mm512_maskz_loadu_epi8(plane_mask(K, p), a + 64 * p));
+    const int32_t zero[R] = {};
+    store_sums<R>(s, kExact ? corr : zero, out);
+}
+
+// exact[m]: token m holds -128.
+template <int R>
+__attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, int64_t K, int64_t n,
+                                            const int8_t* q, int64_t ldq, int64_t M, const bool* exact,
+                                            int32_t* acc, int64_t ldc) {
     const uint8_t* w[R];
     for (int r = 0; r < R; ++r) w[r] = packed + (n + r) * int64_t(rb);
-    int32_t corr[R];
-    for (int r = 0; r < R; ++r) corr[r] = t2_minus_count(w[r], rb);
-    const __m512i ones = _mm512_set1_epi8(1);
+    int32_t corr[R] = {};  // -1 weights per row (a +1 bit wins over a -1 bit), once needed
+    bool counted = false;
     for (int64_t m = 0; m < M; ++m) {
         const int8_t* a = q + m * ldq;
-        __m512i s[R];
-        for (int r = 0; r < R; ++r) s[r] = _mm512_setzero_si512();
-        auto plane = [&](int64_t off, __m512i x) {
-            const __m512i nx = vnot(x);
-            for (int r = 0; r < R; ++r) {
-                const __m512i d = select(load_mask(w[r] + off), load_mask(w[r] + off + 32), x, nx);
-                s[r] = _mm512_dpbusd_epi32(s[r], ones, d);
-            }
-        };
-        for (int64_t b = 0; b < full_blocks; ++b) {
-            const int8_t* ab = a + b * kT2BlockWeights;
-            for (int sub = 0; sub < 4; ++sub)
-                plane(b * kT2BlockBytes + 8 * sub, _mm512_loadu_si512(ab + 64 * sub));
+        if (exact[m]) {
+            t2_gemv_token<R, true>(w, K, a, !counted, corr, acc + m * ldc + n);
+            counted = true;
+        } else {
+            t2_gemv_token<R, false>(w, K, a, false, corr, acc + m * ldc + n);
         }
-        for (int64_t p = full_blocks * 4; p < planes; ++p)
-            plane((p / 4) * kT2BlockBytes + 8 * (p % 4),
-                  _mm512_maskz_loadu_epi8(plane_mask(K, p), a + 64 * p));
-        store_sums<R>(s, corr, acc + m * ldc + n);
     }
 }
 
-template <int R>
-__attribute__((noinline)) void t1_gemv_rows(const T1Decoder& dec, const uint8_t* packed, size_t rb, int64_t K, int64_t n,
-                  const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
+template <int R, bool kExact>
+inline void t1_gemv_token(const T1Decoder& dec, const uint8_t* const* w, int64_t K, const int8_t* a,
+                          bool count, int32_t* corr, int32_t* out) {
     const int64_t planes = (K + 63) / 64;
     const int64_t nblocks = (planes + 4) / 5;  // blocks holding a plane below K
+    const __m512i ones = _mm512_set1_epi8(1), all = _mm512_set1_epi8(-1);
+    __m512i s[R];
+    int32_t cnt[R] = {};
+    for (int r = 0; r < R; ++r) s[r] = _mm512_setzero_si512();
+    for (int64_t b = 0; b < nblocks; ++b) {
+        const int8_t* ab = a + b * kT1BlockWeights;
+        __m512i lo[R], folded[R];
+        for (int r = 0; r < R; ++r) {
+            const __m512i c = _mm512_loadu_si512(w[r] + b * kT1BlockBytes);
+            lo[r] = dec.lookup(c);
+            folded[r] = t1_fold(c);
+        }
+        const bool full = K >= (5 * b + 5) * 64;
+        for (int i = 0; i < 5; ++i) {
+            const int64_t p = 5 * b + i;
+            if (!full && p >= planes) break;  // padding planes: weights are 0
+            const __m512i x = full ? _mm512_loadu_si512(ab + 64 * i)
+                                   : _mm512_maskz_loadu_epi8(plane_mask(K, p), ab + 64 * i);
+            __m512i nx = kExact ? _mm512_xor_si512(x, all) : _mm512_sub_epi8(_mm512_setzero_si512(), x);
+            asm("" : "+v"(nx));  // one shared negation, not a masked subtract per row
+            for (int r = 0; r < R; ++r) {
+                __mmask64 kp, km;
+                t1_digit_masks(i, lo[r], folded[r], kp, km);
+                s[r] = add_bytes(s[r], ones, select(kp, km, x, nx));
+                if (kExact && count) cnt[r] += int32_t(_mm_popcnt_u64(_cvtmask64_u64(_kandn_mask64(kp, km))));
+            }
+        }
+    }
+    if (kExact && count)
+        for (int r = 0; r < R; ++r) corr[r] = cnt[r];
+    const int32_t zero[R] = {};
+    store_sums<R>(s, kExact ? corr : zero, out);
+}
+
+template <int R>
+__attribute__((noinline)) void t1_gemv_rows(const T1Decoder& dec, const uint8_t* packed, size_t rb,
+                                            int64_t K, int64_t n, const int8_t* q, int64_t ldq,
+                                            int64_t M, const bool* exact, int32_t* acc, int64_t ldc) {
     const uint8_t* w[R];
     for (int r = 0; r < R; ++r) w[r] = packed + (n + r) * int64_t(rb);
-    const __m512i ones = _mm512_set1_epi8(1);
-    int32_t corr[R];
+    int32_t corr[R] = {};
+    bool counted = false;
     for (int64_t m = 0; m < M; ++m) {
         const int8_t* a = q + m * ldq;
-        __m512i s[R], cnt[R];
-        for (int r = 0; r < R; ++r) s[r] = cnt[r] = _mm512_setzero_si512();
-        for (int64_t b = 0; b < nblocks; ++b) {
-            const int8_t* ab = a + b * kT1BlockWeights;
-            const int64_t p0 = 5 * b;
-            __m512i x[5], nx[5];
-            const bool full = K >= (p0 + 5) * 64;
-            for (int i = 0; i < 5; ++i) {
-                if (full) x[i] = _mm512_loadu_si512(ab + 64 * i);
-                else if (p0 + i < planes) x[i] = _mm512_maskz_loadu_epi8(plane_mask(K, p0 + i), ab + 64 * i);
-                else x[i] = _mm512_setzero_si512();  // padding plane: weights are 0
-                nx[i] = vnot(x[i]);
-            }
-            for (int r = 0; r < R; ++r) {
-                __m512i lo, hi;
-                dec.lookup(_mm512_loadu_si512(w[r] + b * kT1BlockBytes), lo, hi);
-                if (m == 0) cnt[r] = _mm512_add_epi64(cnt[r], t1_minus_count4(hi));
-                for (int i = 0; i < 5; ++i) {
-                    __mmask64 kp, km;
-                    t1_digit_masks(i, lo, hi, kp, km);
-                    s[r] = _mm512_dpbusd_epi32(s[r], ones, select(kp, km, x[i], nx[i]));
-                }
-            }
+        if (exact[m]) {
+            t1_gemv_token<R, true>(dec, w, K, a, !counted, corr, acc + m * ldc + n);
+            counted = true;
+        } else {
+            t1_gemv_token<R, false>(dec, w, K, a, false, corr, acc + m * ldc + n);
         }
-        if (m == 0) {
-            // Padding codes (weight 0 = digit 1) add no -1s, so whole blocks can be counted.
-            for (int r = 0; r < R; ++r) corr[r] = int32_t(_mm512_reduce_add_epi64(cnt[r]) >> 2);
-        }
-        store_sums<R>(s, corr, acc + m * ldc + n);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM on bit masks: rows in the T2 layout (the packed rows themselves, or T1 rows transcoded),
+// R rows' masks held in k-registers and reused by T tokens: per row, token and plane two masked
+// byte moves and one vpdpbusd, nothing expanded.
+
+template <int R, int T>
+__attribute__((noinline)) void mask_tile(const uint8_t* const* w, int64_t planes, const int8_t* q,
+                                         int64_t ldq, const int8_t* tail, const int32_t* corr,
+                                         int32_t* out, int64_t ldc) {
+    const __m512i ones = _mm512_set1_epi8(1), all = _mm512_set1_epi8(-1);
+    __m512i s[T][R];
+    for (int t = 0; t < T; ++t)
+        for (int r = 0; r < R; ++r) s[t][r] = _mm512_setzero_si512();
+    for (int64_t p = 0; p < planes; ++p) {
+        const bool last = tail && p + 1 == planes;
+        const int8_t* a0 = last ? tail : q + 64 * p;
+        const int64_t lda = last ? 64 : ldq;
+        const int64_t off = (p / 4) * kT2BlockBytes + 8 * (p % 4);
+        __mmask64 kp[R], km[R];
+        for (int r = 0; r < R; ++r) {
+            kp[r] = load_mask(w[r] + off);
+            km[r] = load_mask(w[r] + off + 32);
+        }
+        for (int t = 0; t < T; ++t) {
+            const __m512i x = _mm512_loadu_si512(a0 + t * lda), nx = _mm512_xor_si512(x, all);
+            for (int r = 0; r < R; ++r) s[t][r] = add_bytes(s[t][r], ones, select(kp[r], km[r], x, nx));
+        }
+    }
+    for (int t = 0; t < T; ++t) store_sums<R>(s[t], corr, out + t * ldc);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -268,9 +341,9 @@ void t2_expand(const uint8_t* packed, size_t rb, int64_t planes, int64_t n, __m5
         corr[r] = t2_minus_count(w, rb);
         for (int64_t p = 0; p < planes; ++p) {
             const uint8_t* blk = w + (p / 4) * kT2BlockBytes + 8 * (p % 4);
-            const uint64_t plus = load_u64(blk), minus = load_u64(blk + 32) & ~plus;
-            e[(p * R + r) * 2] = _mm512_movm_epi8(_cvtu64_mask64(minus));
-            e[(p * R + r) * 2 + 1] = _mm512_movm_epi8(_cvtu64_mask64(plus | minus));
+            const __mmask64 kp = load_mask(blk), km = load_mask(blk + 32);  // k-moves from memory
+            e[(p * R + r) * 2] = _mm512_movm_epi8(_kandn_mask64(kp, km));
+            e[(p * R + r) * 2 + 1] = _mm512_movm_epi8(_kor_mask64(kp, km));
         }
     }
 }
@@ -281,47 +354,92 @@ void t1_expand(const T1Decoder& dec, const uint8_t* packed, size_t rb, int64_t p
     const int64_t nblocks = (planes + 4) / 5;
     for (int r = 0; r < R; ++r) {
         const uint8_t* w = packed + (n + r) * int64_t(rb);
-        __m512i cnt = _mm512_setzero_si512();
+        int32_t cnt = 0;
         for (int64_t b = 0; b < nblocks; ++b) {
-            __m512i lo, hi;
-            dec.lookup(_mm512_loadu_si512(w + b * kT1BlockBytes), lo, hi);
-            cnt = _mm512_add_epi64(cnt, t1_minus_count4(hi));
+            const __m512i c = _mm512_loadu_si512(w + b * kT1BlockBytes);
+            const __m512i lo = dec.lookup(c), folded = t1_fold(c);
             for (int i = 0; i < 5 && 5 * b + i < planes; ++i) {
                 __mmask64 kp, km;
-                t1_digit_masks(i, lo, hi, kp, km);
+                t1_digit_masks(i, lo, folded, kp, km);
                 const int64_t p = 5 * b + i;
+                // Planes past K hold padding (weight 0): skipped here, so counted only below K.
+                cnt += int32_t(_mm_popcnt_u64(_cvtmask64_u64(km)));
                 e[(p * R + r) * 2] = _mm512_movm_epi8(km);
                 e[(p * R + r) * 2 + 1] = _mm512_movm_epi8(_kor_mask64(kp, km));
             }
         }
-        corr[r] = int32_t(_mm512_reduce_add_epi64(cnt) >> 2);
+        corr[r] = cnt;
     }
 }
 
-// acc rows n..n+R-1 for tokens m0..m0+T-1 from the expanded tile e.
+// acc rows n..n+R-1 for tokens m0..m0+T-1 from the expanded tile e. tail: [T][64] zero-padded
+// copies of the tokens' last plane (K not a multiple of 64), else null.
 template <int R, int T>
-__attribute__((noinline)) void gemm_tile(const __m512i* e, int64_t planes, int64_t K, const int8_t* q, int64_t ldq,
-               const int32_t* corr, int32_t* out, int64_t ldc) {
+__attribute__((noinline)) void gemm_tile(const __m512i* e, int64_t planes, const int8_t* q,
+                                         int64_t ldq, const int8_t* tail, const int32_t* corr,
+                                         int32_t* out, int64_t ldc) {
     const __m512i ones = _mm512_set1_epi8(1);
     __m512i s[T][R];
     for (int t = 0; t < T; ++t)
         for (int r = 0; r < R; ++r) s[t][r] = _mm512_setzero_si512();
-    auto plane = [&](int64_t p, __mmask64 km, bool masked) {
+    for (int64_t p = 0; p < planes; ++p) {
+        const bool last = tail && p + 1 == planes;
+        const int8_t* a0 = last ? tail : q + 64 * p;
+        const int64_t lda = last ? 64 : ldq;
         __m512i mi[R], nz[R];
         for (int r = 0; r < R; ++r) {
             mi[r] = _mm512_load_si512(e + (p * R + r) * 2);
             nz[r] = _mm512_load_si512(e + (p * R + r) * 2 + 1);
         }
         for (int t = 0; t < T; ++t) {
-            const int8_t* a = q + t * ldq + 64 * p;
-            const __m512i x = masked ? _mm512_maskz_loadu_epi8(km, a) : _mm512_loadu_si512(a);
-            for (int r = 0; r < R; ++r)
-                s[t][r] = _mm512_dpbusd_epi32(s[t][r], ones, select_bytes(x, mi[r], nz[r]));
+            const __m512i x = _mm512_loadu_si512(a0 + t * lda);
+            for (int r = 0; r < R; ++r) s[t][r] = add_bytes(s[t][r], ones, select_bytes(x, mi[r], nz[r]));
         }
-    };
-    for (int64_t p = 0; p + 1 < planes; ++p) plane(p, _cvtu64_mask64(~0ull), false);
-    plane(planes - 1, plane_mask(K, planes - 1), true);
+    }
     for (int t = 0; t < T; ++t) store_sums<R>(s[t], corr, out + t * ldc);
+}
+
+// The hot 4 rows x 4 tokens tile with named accumulators (GCC keeps an array of them in memory).
+template <>
+__attribute__((noinline)) void gemm_tile<4, 4>(const __m512i* e, int64_t planes, const int8_t* q,
+                                               int64_t ldq, const int8_t* tail, const int32_t* corr,
+                                               int32_t* out, int64_t ldc) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i s00 = _mm512_setzero_si512(), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00,
+            s12 = s00, s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00, s31 = s00,
+            s32 = s00, s33 = s00;
+    for (int64_t p = 0; p < planes; ++p) {
+        const bool last = tail && p + 1 == planes;
+        const int8_t* a0 = last ? tail : q + 64 * p;
+        const int64_t lda = last ? 64 : ldq;
+        const __m512i* ep = e + p * 8;
+        const __m512i m0 = ep[0], z0 = ep[1], m1 = ep[2], z1 = ep[3], m2 = ep[4], z2 = ep[5],
+                      m3 = ep[6], z3 = ep[7];
+#define TERNARY_STEP(t, r) s##t##r = add_bytes(s##t##r, ones, select_bytes(x##t, m##r, z##r));
+        const __m512i x0 = _mm512_loadu_si512(a0), x1 = _mm512_loadu_si512(a0 + lda),
+                      x2 = _mm512_loadu_si512(a0 + 2 * lda), x3 = _mm512_loadu_si512(a0 + 3 * lda);
+        TERNARY_STEP(0, 0) TERNARY_STEP(0, 1) TERNARY_STEP(0, 2) TERNARY_STEP(0, 3)
+        TERNARY_STEP(1, 0) TERNARY_STEP(1, 1) TERNARY_STEP(1, 2) TERNARY_STEP(1, 3)
+        TERNARY_STEP(2, 0) TERNARY_STEP(2, 1) TERNARY_STEP(2, 2) TERNARY_STEP(2, 3)
+        TERNARY_STEP(3, 0) TERNARY_STEP(3, 1) TERNARY_STEP(3, 2) TERNARY_STEP(3, 3)
+#undef TERNARY_STEP
+    }
+    const __m512i t0[4] = {s00, s01, s02, s03}, t1[4] = {s10, s11, s12, s13},
+                  t2[4] = {s20, s21, s22, s23}, t3[4] = {s30, s31, s32, s33};
+    store_sums<4>(t0, corr, out);
+    store_sums<4>(t1, corr, out + ldc);
+    store_sums<4>(t2, corr, out + 2 * ldc);
+    store_sums<4>(t3, corr, out + 3 * ldc);
+}
+
+template <int R, int T>
+void gemm_tokens(const __m512i* e, int64_t planes, int64_t K, const int8_t* q, int64_t ldq,
+                 const int32_t* corr, int32_t* out, int64_t ldc) {
+    if (K % 64 == 0) return gemm_tile<R, T>(e, planes, q, ldq, nullptr, corr, out, ldc);
+    alignas(64) int8_t tail[T * 64] = {};
+    const int64_t last = 64 * (planes - 1);
+    for (int t = 0; t < T; ++t) std::memcpy(tail + 64 * t, q + t * ldq + last, size_t(K - last));
+    gemm_tile<R, T>(e, planes, q, ldq, tail, corr, out, ldc);
 }
 
 template <int R>
@@ -329,22 +447,22 @@ void gemm_rows(const __m512i* e, int64_t planes, int64_t K, const int8_t* q, int
                const int32_t* corr, int32_t* acc, int64_t ldc) {
     int64_t m = 0;
     for (; m + kTokens <= M; m += kTokens)
-        gemm_tile<R, kTokens>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc);
+        gemm_tokens<R, kTokens>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc);
     switch (M - m) {
-        case 3: gemm_tile<R, 3>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc); break;
-        case 2: gemm_tile<R, 2>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc); break;
-        case 1: gemm_tile<R, 1>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc); break;
+        case 3: gemm_tokens<R, 3>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc); break;
+        case 2: gemm_tokens<R, 2>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc); break;
+        case 1: gemm_tokens<R, 1>(e, planes, K, q + m * ldq, ldq, corr, acc + m * ldc, ldc); break;
         default: break;
     }
 }
 
 template <int R>
 void ternary_rows(Format fmt, const T1Decoder* dec, const uint8_t* packed, size_t rb, int64_t K,
-                  int64_t n, const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc,
-                  Scratch& scratch) {
-    if (M < kGemmMinTokens) {
-        if (fmt == Format::T2) t2_gemv_rows<R>(packed, rb, K, n, q, ldq, M, acc, ldc);
-        else t1_gemv_rows<R>(*dec, packed, rb, K, n, q, ldq, M, acc, ldc);
+                  int64_t n, const int8_t* q, int64_t ldq, int64_t M, const bool* exact,
+                  int32_t* acc, int64_t ldc, Scratch& scratch) {
+    if (M < (fmt == Format::T2 ? kGemmMinTokensT2 : kGemmMinTokensT1)) {
+        if (fmt == Format::T2) t2_gemv_rows<R>(packed, rb, K, n, q, ldq, M, exact, acc, ldc);
+        else t1_gemv_rows<R>(*dec, packed, rb, K, n, q, ldq, M, exact, acc, ldc);
         return;
     }
     const int64_t planes = (K + 63) / 64;
@@ -362,13 +480,16 @@ void ternary_any(Format fmt, const uint8_t* packed, int64_t K, int64_t n0, int64
     const size_t rb = row_bytes(fmt, K);
     T1Decoder dec;
     Scratch& scratch = tl_scratch;
+    bool exact[kGemvMaxTokens] = {};
+    if (M <= kGemvMaxTokens)
+        for (int64_t m = 0; m < M; ++m) exact[m] = has_int8_min(q + m * ldq, K);
     int64_t n = n0;
     for (; n + kRows <= n1; n += kRows)
-        ternary_rows<kRows>(fmt, &dec, packed, rb, K, n, q, ldq, M, acc, ldc, scratch);
+        ternary_rows<kRows>(fmt, &dec, packed, rb, K, n, q, ldq, M, exact, acc, ldc, scratch);
     switch (n1 - n) {
-        case 3: ternary_rows<3>(fmt, &dec, packed, rb, K, n, q, ldq, M, acc, ldc, scratch); break;
-        case 2: ternary_rows<2>(fmt, &dec, packed, rb, K, n, q, ldq, M, acc, ldc, scratch); break;
-        case 1: ternary_rows<1>(fmt, &dec, packed, rb, K, n, q, ldq, M, acc, ldc, scratch); break;
+        case 3: ternary_rows<3>(fmt, &dec, packed, rb, K, n, q, ldq, M, exact, acc, ldc, scratch); break;
+        case 2: ternary_rows<2>(fmt, &dec, packed, rb, K, n, q, ldq, M, exact, acc, ldc, scratch); break;
+        case 1: ternary_rows<1>(fmt, &dec, packed, rb, K, n, q, ldq, M, exact, acc, ldc, scratch); break;
         default: break;
     }
 }
