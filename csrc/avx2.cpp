@@ -98,23 +98,37 @@ inline void t1_decode(__m256i codes, __m256i* g1, __m256i* g2) {
 
 // ---------------------------------------------------------------------------------------------
 // GEMV path: rows n .. n+R-1, every token m < M (tokens inside, so the rows' weights stay in L1).
+// A token without -128 (quantize_rows never makes one) selects -x for a -1 weight, which cannot
+// overflow, and needs no -1 count; a token with -128 takes ~x and adds the rows' -1 counts.
+
+inline bool has_int8_min(const int8_t* a, int64_t K) {
+    const __m256i lowest = _mm256_set1_epi8(-128);
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32)
+        if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(loadu(a + k), lowest))) return true;
+    for (; k < K; ++k)
+        if (a[k] == -128) return true;
+    return false;
+}
 
 template <int R>
 __attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, int64_t K, int64_t n,
-                                            const int8_t* q, int64_t ldq, int64_t M, int32_t* acc,
-                                            int64_t ldc) {
+                                            const int8_t* q, int64_t ldq, int64_t M, const bool* exact,
+                                            int32_t* acc, int64_t ldc) {
     const int64_t planes = (K + 63) / 64;
     const uint8_t* w[R];
-    int32_t corr[R];
-    for (int r = 0; r < R; ++r) {
-        w[r] = packed + (n + r) * int64_t(rb);
-        corr[r] = t2_minus_count(w[r], rb);
-    }
+    int32_t corr[R] = {};
+    bool counted = false;
+    for (int r = 0; r < R; ++r) w[r] = packed + (n + r) * int64_t(rb);
     const Expander ex;
-    const __m256i ones = _mm256_set1_epi8(1);
+    const __m256i ones = _mm256_set1_epi8(1), zero = _mm256_setzero_si256();
     alignas(32) int8_t tail[64];
     for (int64_t m = 0; m < M; ++m) {
         const int8_t* a = q + m * ldq;
+        if (exact[m] && !counted) {
+            for (int r = 0; r < R; ++r) corr[r] = t2_minus_count(w[r], rb);
+            counted = true;
+        }
         __m256i s32[R], s16[R];
         for (int r = 0; r < R; ++r) s32[r] = s16[r] = _mm256_setzero_si256();
         for (int64_t p = 0; p < planes; ++p) {
@@ -124,14 +138,21 @@ __attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, in
                 std::memcpy(tail, src, size_t(K - 64 * p));
                 src = tail;
             }
+            if (p % 4 == 0)  // the next pass's block of each row (short interleaved streams)
+                for (int r = 0; r < R; ++r)
+                    _mm_prefetch(reinterpret_cast<const char*>(w[r] + (p / 4) * kT2BlockBytes + R * rb), _MM_HINT_T0);
             const __m256i x[2] = {loadu(src), loadu(src + 32)};
+            // -1 weights take -x, or ~x = x ^ minus (and the -1 count) if the token holds -128.
+            const __m256i nx[2] = {_mm256_sub_epi8(zero, x[0]), _mm256_sub_epi8(zero, x[1])};
             for (int r = 0; r < R; ++r) {
                 const uint8_t* blk = w[r] + (p / 4) * kT2BlockBytes + 8 * (p % 4);
                 const uint64_t plus = load_u64(blk), minus = load_u64(blk + 32) & ~plus, nonzero = plus | minus;
                 const __m256i bm = _mm256_set1_epi64x(int64_t(minus));
                 const __m256i bz = _mm256_set1_epi64x(int64_t(nonzero));
                 for (int h = 0; h < 2; ++h) {
-                    const __m256i d = _mm256_and_si256(_mm256_xor_si256(x[h], ex.half(bm, h)), ex.half(bz, h));
+                    const __m256i mi = ex.half(bm, h);
+                    const __m256i sel = exact[m] ? _mm256_xor_si256(x[h], mi) : _mm256_blendv_epi8(x[h], nx[h], mi);
+                    const __m256i d = _mm256_and_si256(sel, ex.half(bz, h));
                     s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(ones, d));
                 }
             }
@@ -142,18 +163,19 @@ __attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, in
                 }
             }
         }
-        for (int r = 0; r < R; ++r) acc[m * ldc + n + r] = hsum(flush16(s32[r], s16[r])) + corr[r];
+        for (int r = 0; r < R; ++r)
+            acc[m * ldc + n + r] = hsum(flush16(s32[r], s16[r])) + (exact[m] ? corr[r] : 0);
     }
 }
 
 template <int R>
 __attribute__((noinline)) void t1_gemv_rows(const uint8_t* packed, size_t rb, int64_t K, int64_t n,
-                                            const int8_t* q, int64_t ldq, int64_t M, int32_t* acc,
-                                            int64_t ldc) {
+                                            const int8_t* q, int64_t ldq, int64_t M, const bool* exact,
+                                            int32_t* acc, int64_t ldc) {
     const int64_t nblocks = (K + kT1BlockWeights - 1) / kT1BlockWeights;
     const uint8_t* w[R];
     for (int r = 0; r < R; ++r) w[r] = packed + (n + r) * int64_t(rb);
-    const __m256i ones = _mm256_set1_epi8(1);
+    const __m256i ones = _mm256_set1_epi8(1), zero = _mm256_setzero_si256();
     alignas(32) int8_t tail[kT1BlockWeights];
     for (int64_t m = 0; m < M; ++m) {
         const int8_t* a = q + m * ldq;
@@ -174,9 +196,14 @@ __attribute__((noinline)) void t1_gemv_rows(const uint8_t* packed, size_t rb, in
                     t1_decode(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + b * kT1BlockBytes + 32 * h)), g1, g2);
                     for (int i = 0; i < 5; ++i) {
                         const __m256i x = loadu(ab + 64 * i + 32 * h);
-                        const __m256i plus = _mm256_and_si256(x, g2[i]), minus = _mm256_andnot_si256(g1[i], x);
-                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(ones, plus));
-                        s16 = _mm256_sub_epi16(s16, _mm256_maddubs_epi16(ones, minus));
+                        const __m256i plus = _mm256_and_si256(x, g2[i]);  // w = +1: x, w = 0: 0
+                        if (exact[m]) {  // -x could overflow: add plus, subtract minus
+                            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(ones, plus));
+                            s16 = _mm256_sub_epi16(s16, _mm256_maddubs_epi16(ones, _mm256_andnot_si256(g1[i], x)));
+                        } else {  // w = -1 (not g1): -x
+                            const __m256i d = _mm256_blendv_epi8(_mm256_sub_epi8(zero, x), plus, g1[i]);
+                            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(ones, d));
+                        }
                     }
                 }
                 s32[r] = flush16(s32[r], s16);
@@ -317,10 +344,10 @@ thread_local Scratch tl_scratch;
 
 template <int R>
 void ternary_rows(Format fmt, const uint8_t* packed, size_t rb, int64_t K, int64_t n,
-                  const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
+                  const int8_t* q, int64_t ldq, int64_t M, const bool* exact, int32_t* acc, int64_t ldc) {
     if (M < kGemmMinTokens) {
-        if (fmt == Format::T2) t2_gemv_rows<R>(packed, rb, K, n, q, ldq, M, acc, ldc);
-        else t1_gemv_rows<R>(packed, rb, K, n, q, ldq, M, acc, ldc);
+        if (fmt == Format::T2) t2_gemv_rows<R>(packed, rb, K, n, q, ldq, M, exact, acc, ldc);
+        else t1_gemv_rows<R>(packed, rb, K, n, q, ldq, M, exact, acc, ldc);
         return;
     }
     const int64_t planes = (K + 63) / 64;
@@ -334,9 +361,12 @@ void ternary_rows(Format fmt, const uint8_t* packed, size_t rb, int64_t K, int64
 void ternary_any(Format fmt, const uint8_t* packed, int64_t K, int64_t n0, int64_t n1,
                  const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
     const size_t rb = row_bytes(fmt, K);
+    bool exact[kGemmMinTokens] = {};
+    if (M < kGemmMinTokens)
+        for (int64_t m = 0; m < M; ++m) exact[m] = has_int8_min(q + m * ldq, K);
     int64_t n = n0;
-    for (; n + kRows <= n1; n += kRows) ternary_rows<kRows>(fmt, packed, rb, K, n, q, ldq, M, acc, ldc);
-    if (n < n1) ternary_rows<1>(fmt, packed, rb, K, n, q, ldq, M, acc, ldc);
+    for (; n + kRows <= n1; n += kRows) ternary_rows<kRows>(fmt, packed, rb, K, n, q, ldq, M, exact, acc, ldc);
+    if (n < n1) ternary_rows<1>(fmt, packed, rb, K, n, q, ldq, M, exact, acc, ldc);
 }
 
 void ternary_t2_avx2(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1, const int8_t* q,

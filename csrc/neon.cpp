@@ -8,6 +8,7 @@
 //   acc = vpadal(acc, d)          (pairwise widening add into int16, flushed to int32 with vpadal
 //                                  long before 127 of them could overflow)
 // Each -1 weight leaves the sum one short: every output adds its row's count of -1 weights.
+// GEMV tokens without -128 (all that quantize_rows makes) select -x instead and need no count.
 // T1 digits 0..3 come from a 256-entry table (tbl + 3 tbx over 4 x 64 bytes), digit 4 from
 // compares; every byte value decodes like the reference.
 // GEMV (M < kGemmMinTokens): masks expanded per token. GEMM: a tile of 2 rows is expanded once
@@ -116,88 +117,132 @@ struct T1Decoder {
 };
 
 // ---- GEMV path: rows n .. n+R-1, every token m < M ----------------------------------------------
+// A token without -128 (quantize_rows never makes one) selects -x for a -1 weight, which cannot
+// overflow, and needs no -1 count; a token with -128 takes ~x and adds the rows' -1 counts.
+
+inline bool has_int8_min(const int8_t* a, int64_t K) {
+    const int8x16_t lowest = vdupq_n_s8(-128);
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16)
+        if (vmaxvq_u8(vceqq_s8(vld1q_s8(a + k), lowest))) return true;
+    for (; k < K; ++k)
+        if (a[k] == -128) return true;
+    return false;
+}
+
+// x where w = +1, -x (exact: ~x) where w = -1, 0 where w = 0; added pairwise into int16.
+template <bool kExact>
+inline int16x8_t accumulate_token(int16x8_t acc, int8x16_t x, int8x16_t nx, uint8x16_t minus,
+                                  uint8x16_t nonzero) {
+    if (kExact) return accumulate(acc, x, minus, nonzero);
+    return vpadalq_s8(acc, vandq_s8(vbslq_s8(minus, nx, x), vreinterpretq_s8_u8(nonzero)));
+}
+
+template <int R, bool kExact>
+void t2_gemv_token(const uint8_t* const* w, size_t rb, int64_t K, const int8_t* a, const int32_t* corr,
+                   int32_t* out) {
+    const int64_t planes = (K + 63) / 64;
+    const Expander ex;
+    alignas(16) int8_t tail[64];
+    int32x4_t s32[R];
+    int16x8_t s16[R][4];  // one per quarter: independent dependency chains
+    for (int r = 0; r < R; ++r) {
+        s32[r] = vdupq_n_s32(0);
+        for (int j = 0; j < 4; ++j) s16[r][j] = vdupq_n_s16(0);
+    }
+    for (int64_t p = 0; p < planes; ++p) {
+        const int8_t* src = a + 64 * p;
+        if (64 * (p + 1) > K) {
+            std::memset(tail, 0, sizeof tail);
+            std::memcpy(tail, src, size_t(K - 64 * p));
+            src = tail;
+        }
+        if (p % 4 == 0)  // the next pass's block of each row (short interleaved streams)
+            for (int r = 0; r < R; ++r) __builtin_prefetch(w[r] + (p / 4) * kT2BlockBytes + R * rb);
+        int8x16_t x[4], nx[4];
+        for (int j = 0; j < 4; ++j) {
+            x[j] = vld1q_s8(src + 16 * j);
+            nx[j] = kExact ? x[j] : vnegq_s8(x[j]);
+        }
+        for (int r = 0; r < R; ++r) {
+            const uint8_t* blk = w[r] + (p / 4) * kT2BlockBytes + 8 * (p % 4);
+            const uint64_t plus = load_u64(blk), minus = load_u64(blk + 32) & ~plus, nonzero = plus | minus;
+            const uint8x16_t dm = dup_mask(minus), dz = dup_mask(nonzero);
+            for (int j = 0; j < 4; ++j)
+                s16[r][j] = accumulate_token<kExact>(s16[r][j], x[j], nx[j], ex.quarter(dm, j), ex.quarter(dz, j));
+        }
+        if (p % 64 == 63) {  // one vpadal of |x| <= 256 per plane and accumulator
+            for (int r = 0; r < R; ++r)
+                for (int j = 0; j < 4; ++j) {
+                    s32[r] = vpadalq_s16(s32[r], s16[r][j]);
+                    s16[r][j] = vdupq_n_s16(0);
+                }
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        for (int j = 0; j < 4; ++j) s32[r] = vpadalq_s16(s32[r], s16[r][j]);
+        out[r] = vaddvq_s32(s32[r]) + (kExact ? corr[r] : 0);
+    }
+}
 
 template <int R>
 void t2_gemv_rows(const uint8_t* packed, size_t rb, int64_t K, int64_t n, const int8_t* q,
                   int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
-    const int64_t planes = (K + 63) / 64;
     const uint8_t* w[R];
-    int32_t corr[R];
-    for (int r = 0; r < R; ++r) {
-        w[r] = packed + (n + r) * int64_t(rb);
-        corr[r] = t2_minus_count(w[r], rb);
-    }
-    const Expander ex;
-    alignas(16) int8_t tail[64];
+    int32_t corr[R] = {};
+    bool counted = false;
+    for (int r = 0; r < R; ++r) w[r] = packed + (n + r) * int64_t(rb);
     for (int64_t m = 0; m < M; ++m) {
         const int8_t* a = q + m * ldq;
-        int32x4_t s32[R];
-        int16x8_t s16[R][4];  // one per quarter: independent dependency chains
-        for (int r = 0; r < R; ++r) {
-            s32[r] = vdupq_n_s32(0);
-            for (int j = 0; j < 4; ++j) s16[r][j] = vdupq_n_s16(0);
-        }
-        for (int64_t p = 0; p < planes; ++p) {
-            const int8_t* src = a + 64 * p;
-            if (64 * (p + 1) > K) {
-                std::memset(tail, 0, sizeof tail);
-                std::memcpy(tail, src, size_t(K - 64 * p));
-                src = tail;
-            }
-            int8x16_t x[4];
-            for (int j = 0; j < 4; ++j) x[j] = vld1q_s8(src + 16 * j);
-            for (int r = 0; r < R; ++r) {
-                const uint8_t* blk = w[r] + (p / 4) * kT2BlockBytes + 8 * (p % 4);
-                const uint64_t plus = load_u64(blk), minus = load_u64(blk + 32) & ~plus, nonzero = plus | minus;
-                const uint8x16_t dm = dup_mask(minus), dz = dup_mask(nonzero);
-                for (int j = 0; j < 4; ++j) s16[r][j] = accumulate(s16[r][j], x[j], ex.quarter(dm, j), ex.quarter(dz, j));
-            }
-            if (p % 64 == 63) {  // one vpadal of |x| <= 256 per plane and accumulator
-                for (int r = 0; r < R; ++r)
-                    for (int j = 0; j < 4; ++j) {
-                        s32[r] = vpadalq_s16(s32[r], s16[r][j]);
-                        s16[r][j] = vdupq_n_s16(0);
-                    }
-            }
-        }
-        for (int r = 0; r < R; ++r) {
-            for (int j = 0; j < 4; ++j) s32[r] = vpadalq_s16(s32[r], s16[r][j]);
-            acc[m * ldc + n + r] = vaddvq_s32(s32[r]) + corr[r];
+        if (has_int8_min(a, K)) {
+            if (!counted)
+                for (int r = 0; r < R; ++r) corr[r] = t2_minus_count(w[r], rb);
+            counted = true;
+            t2_gemv_token<R, true>(w, rb, K, a, corr, acc + m * ldc + n);
+        } else {
+            t2_gemv_token<R, false>(w, rb, K, a, corr, acc + m * ldc + n);
         }
     }
 }
 
+template <bool kExact>
+void t1_gemv_token(const T1Decoder& dec, const uint8_t* w, int64_t K, const int8_t* a, int32_t* out) {
+    const int64_t nblocks = (K + kT1BlockWeights - 1) / kT1BlockWeights;
+    alignas(16) int8_t tail[kT1BlockWeights];
+    int32x4_t s32 = vdupq_n_s32(0);
+    uint32x4_t minus_count = vdupq_n_u32(0);
+    for (int64_t b = 0; b < nblocks; ++b) {
+        const int8_t* ab = a + b * kT1BlockWeights;
+        if (kT1BlockWeights * (b + 1) > K) {
+            std::memset(tail, 0, sizeof tail);
+            std::memcpy(tail, ab, size_t(K - kT1BlockWeights * b));
+            ab = tail;
+        }
+        int16x8_t s16[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};  // 10 vpadal each per block
+        uint8x16_t cnt = vdupq_n_u8(0);                      // <= 20 per lane per block
+        for (int j = 0; j < 4; ++j) {
+            uint8x16_t mi[5], nz[5];
+            dec.decode(vld1q_u8(w + b * kT1BlockBytes + 16 * j), mi, nz);
+            for (int i = 0; i < 5; ++i) {
+                const int8x16_t x = vld1q_s8(ab + 64 * i + 16 * j);
+                s16[i & 1] = accumulate_token<kExact>(s16[i & 1], x, kExact ? x : vnegq_s8(x), mi[i], nz[i]);
+                if (kExact) cnt = vsubq_u8(cnt, mi[i]);  // 0xFF = -1: one more -1 weight
+            }
+        }
+        s32 = vpadalq_s16(vpadalq_s16(s32, s16[0]), s16[1]);
+        // Padding codes are weight 0, so counting whole blocks is exact.
+        if (kExact) minus_count = vpadalq_u16(minus_count, vpaddlq_u8(cnt));
+    }
+    *out = vaddvq_s32(s32) + (kExact ? int32_t(vaddvq_u32(minus_count)) : 0);
+}
+
 void t1_gemv_row(const T1Decoder& dec, const uint8_t* packed, size_t rb, int64_t K, int64_t n,
                  const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
-    const int64_t nblocks = (K + kT1BlockWeights - 1) / kT1BlockWeights;
     const uint8_t* w = packed + n * int64_t(rb);
-    alignas(16) int8_t tail[kT1BlockWeights];
     for (int64_t m = 0; m < M; ++m) {
         const int8_t* a = q + m * ldq;
-        int32x4_t s32 = vdupq_n_s32(0);
-        uint32x4_t minus_count = vdupq_n_u32(0);
-        for (int64_t b = 0; b < nblocks; ++b) {
-            const int8_t* ab = a + b * kT1BlockWeights;
-            if (kT1BlockWeights * (b + 1) > K) {
-                std::memset(tail, 0, sizeof tail);
-                std::memcpy(tail, ab, size_t(K - kT1BlockWeights * b));
-                ab = tail;
-            }
-            int16x8_t s16[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};  // 10 vpadal each per block
-            uint8x16_t cnt = vdupq_n_u8(0);                      // <= 5 per lane per quarter
-            for (int j = 0; j < 4; ++j) {
-                uint8x16_t mi[5], nz[5];
-                dec.decode(vld1q_u8(w + b * kT1BlockBytes + 16 * j), mi, nz);
-                for (int i = 0; i < 5; ++i) {
-                    s16[i & 1] = accumulate(s16[i & 1], vld1q_s8(ab + 64 * i + 16 * j), mi[i], nz[i]);
-                    cnt = vsubq_u8(cnt, mi[i]);  // 0xFF = -1: one more -1 weight
-                }
-            }
-            s32 = vpadalq_s16(vpadalq_s16(s32, s16[0]), s16[1]);
-            // Padding codes are weight 0, so counting whole blocks is exact.
-            minus_count = vpadalq_u16(minus_count, vpaddlq_u8(cnt));
-        }
-        acc[m * ldc + n] = vaddvq_s32(s32) + int32_t(vaddvq_u32(minus_count));
+        if (has_int8_min(a, K)) t1_gemv_token<true>(dec, w, K, a, acc + m * ldc + n);
+        else t1_gemv_token<false>(dec, w, K, a, acc + m * ldc + n);
     }
 }
 

@@ -305,12 +305,13 @@ def test_quantize_same_on_every_isa_including_nan_and_inf():
         assert np.array_equal(s, results[0][1], equal_nan=True)
 
 
-def test_quantize_rows_writes_into_given_buffers(isa):
+def test_rmsnorm_quantize_rows_writes_into_given_buffers(isa):
     x = rng(8).standard_normal((4, 100)).astype(np.float32)
+    weight = np.ones(100, np.float32)
     q, s = np.empty((4, 100), np.int8), np.empty(4, np.float32)
-    rq, rs = kernels.quantize_rows(x, q=q, act_scale=s)
+    rq, rs = kernels.rmsnorm_quantize_rows(x, weight, 1e-6, q=q, act_scale=s)
     assert rq is q and rs is s
-    wq, ws = quantize_numpy(x)
+    wq, ws = quantize_numpy(kernels.rmsnorm(x, weight, 1e-6))
     assert np.array_equal(q, wq) and np.array_equal(s, ws)
 
 

@@ -34,12 +34,16 @@ std::vector<int8_t> ternary_weights(int64_t n, int64_t k) {
     return w;
 }
 
-// Random int8 with -128 and 127 over-represented.
+// Random int8 with -128 and 127 over-represented; every other row (random phase) holds no -128,
+// like quantize_rows' output: kernels may treat those rows differently.
 std::vector<int8_t> activations(int64_t m, int64_t k) {
     std::vector<int8_t> q(size_t(m * k));
-    for (auto& v : q) {
+    const int64_t phase = rng() % 2;
+    for (size_t i = 0; i < q.size(); ++i) {
         const unsigned r = rng() % 10;
-        v = r == 0 ? int8_t(-128) : r == 1 ? int8_t(127) : int8_t(rng());
+        int8_t v = r == 0 ? int8_t(-128) : r == 1 ? int8_t(127) : int8_t(rng());
+        if (int64_t(i) / k % 2 == phase && v == -128) v = -127;
+        q[i] = v;
     }
     return q;
 }
