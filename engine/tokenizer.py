@@ -185,6 +185,9 @@ class HFTokenizer(Tokenizer):
         return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
+_MAX_HELD = 8  # tokens held back at most while the text ends in an unfinished character
+
+
 class StreamDecoder:
     """Incremental detokenizer: ``push(id)`` returns the newly completed text.
 
@@ -216,7 +219,10 @@ class StreamDecoder:
         new_text = self.tok.decode(self.ids[self.prefix:])
         if len(new_text) <= len(prefix_text) and not final:
             return ""
-        if new_text.endswith("\ufffd") and not final:
+        # An unfinished character spans at most 3 pending bytes, so at most 3 tokens; text that
+        # still ends in U+FFFD after _MAX_HELD tokens holds invalid bytes (a random or badly
+        # sampled model): emit it as U+FFFD rather than hold the stream back forever.
+        if new_text.endswith("\ufffd") and not final and len(self.ids) - self.read < _MAX_HELD:
             return ""
         out = new_text[len(prefix_text):]
         self.prefix, self.read = max(self.read, len(self.ids) - _STREAM_CONTEXT), len(self.ids)

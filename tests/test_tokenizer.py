@@ -120,3 +120,12 @@ def test_bad_input():
         Tokenizer.from_bytes("sentencepiece", b"garbage", {})
     with pytest.raises(ValueError, match="not a tokenizer.json"):
         Tokenizer.from_bytes("hf", b"{}", {})
+
+
+def test_stream_does_not_hold_invalid_bytes_forever():
+    # A model can sample byte tokens that never form UTF-8 (here: 12 stray continuation bytes).
+    t = sp()
+    stray = t.sp.PieceToId("<0x80>")
+    pieces = stream_all(t, [stray] * 12)
+    assert "".join(pieces[:-1]), "invalid bytes were held back until the end"
+    assert set("".join(pieces)) == {"\ufffd"}
