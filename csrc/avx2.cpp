@@ -138,9 +138,9 @@ __attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, in
                 std::memcpy(tail, src, size_t(K - 64 * p));
                 src = tail;
             }
-            if (p % 4 == 0)  // the next pass's block of each row (short interleaved streams)
+            if (p % 4 == 0)  // the block two passes on, into L2 (short interleaved row streams)
                 for (int r = 0; r < R; ++r)
-                    _mm_prefetch(reinterpret_cast<const char*>(w[r] + (p / 4) * kT2BlockBytes + R * rb), _MM_HINT_T0);
+                    _mm_prefetch(reinterpret_cast<const char*>(w[r] + (p / 4) * kT2BlockBytes + 2 * R * rb), _MM_HINT_T1);
             const __m256i x[2] = {loadu(src), loadu(src + 32)};
             // -1 weights take -x, or ~x = x ^ minus (and the -1 count) if the token holds -128.
             const __m256i nx[2] = {_mm256_sub_epi8(zero, x[0]), _mm256_sub_epi8(zero, x[1])};

@@ -157,8 +157,8 @@ void t2_gemv_token(const uint8_t* const* w, size_t rb, int64_t K, const int8_t* 
             std::memcpy(tail, src, size_t(K - 64 * p));
             src = tail;
         }
-        if (p % 4 == 0)  // the next pass's block of each row (short interleaved streams)
-            for (int r = 0; r < R; ++r) __builtin_prefetch(w[r] + (p / 4) * kT2BlockBytes + R * rb);
+        if (p % 4 == 0)  // the block two passes on, into L2 (short interleaved row streams)
+            for (int r = 0; r < R; ++r) __builtin_prefetch(w[r] + (p / 4) * kT2BlockBytes + 2 * R * rb, 0, 2);
         int8x16_t x[4], nx[4];
         for (int j = 0; j < 4; ++j) {
             x[j] = vld1q_s8(src + 16 * j);
