@@ -22,6 +22,9 @@
 //      byte j (0..63) = sum_{i=0..4} (w[320*b + 64*i + j] + 1) * 3^i     (value 0..242)
 //      Digit i of all 64 bytes of a block gives the 64 contiguous weights 64*i .. 64*i+63,
 //      so one decoded digit plane feeds one AVX-512 register of activations.
+//
+//   Bytes the packer never writes decode as in the reference on every ISA: a T2 weight with both
+//   bits set is +1; a T1 code 243..255 is read by the same base-3 rule (as code - 243).
 #pragma once
 #include <cstddef>
 #include <cstdint>
