@@ -135,17 +135,22 @@ PYBIND11_MODULE(_kernels, m) {
         return out;
     });
 
-    m.def("quantize_rows", [](py::array x) {
-        check<float>(x, "x", {-1, -1});
-        const int64_t M = x.shape(0), K = x.shape(1);
-        py::array_t<int8_t> q({M, K});
-        py::array_t<float> s(M);
-        {
-            py::gil_scoped_release nogil;
-            quantize_rows(cst<float>(x), M, K, q.mutable_data(), s.mutable_data());
-        }
-        return py::make_tuple(q, s);
-    });
+    m.def(
+        "quantize_rows",
+        [](py::array x, py::object q_out, py::object s_out) {
+            check<float>(x, "x", {-1, -1});
+            const int64_t M = x.shape(0), K = x.shape(1);
+            py::array q = q_out.is_none() ? py::array(py::array_t<int8_t>({M, K}))
+                                          : py::reinterpret_borrow<py::array>(q_out);
+            check<int8_t>(q, "q", {M, K}, true);
+            py::array s = float_out(s_out, {M}, "act_scale");
+            {
+                py::gil_scoped_release nogil;
+                quantize_rows(cst<float>(x), M, K, mut<int8_t>(q), mut<float>(s));
+            }
+            return py::make_tuple(q, s);
+        },
+        py::arg("x"), py::arg("q") = py::none(), py::arg("act_scale") = py::none());
     m.def(
         "rmsnorm_quantize_rows",
         [](py::array x, py::array weight, float eps, py::object q_out, py::object s_out) {
