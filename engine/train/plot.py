@@ -30,7 +30,7 @@ def plot(runs: list[Path], out: Path, labels: list[str] | None = None, title: st
         t = [r["tokens"] / 1e6 for r in rows]
         line, = ax.plot(t, [r["train_loss"] for r in rows], alpha=0.6, label=f"{name} train")
         ax.plot(t, [r["val_loss"] for r in rows], color=line.get_color(), marker=".",
-                label=f"{name} val (ppl {math.exp(rows[-1]['val_loss']):.1f} at end)")
+                label=f"{name} val (last estimate: ppl {math.exp(rows[-1]['val_loss']):.0f})")
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("loss (nats/token)")
     if title:
