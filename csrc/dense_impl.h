@@ -186,13 +186,24 @@ void int8_rows(const int8_t* w, const float* row_scale, int64_t K, int64_t n0, i
 
 // ---- attention chunk (contract in ternary.h, KernelTable::attention_chunk) ----
 
+// Decode reads the KV cache from DRAM as short runs (one chunk of K, then of V): on their own
+// the hardware prefetchers reach about half the streaming bandwidth. So each phase fetches the
+// next phase's rows into L2 as it goes: the scores fetch V, the weighted sum fetches the
+// following chunk's keys (the same head's next chunk: contiguous in the cache). Measured on
+// the 2B shape at 4096 positions: 9-10 -> 17-20 GB/s, about the streaming-read figure.
+inline void prefetch_l2(const float* p, int64_t floats) {
+    for (int64_t b = 0; b < floats * int64_t(sizeof(float)); b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(p) + b, _MM_HINT_T1);
+}
+
 // Scores of up to 4 heads at once: each key row is loaded once for all of them.
 template <class V, int H>
-inline void attention_scores(const float* q, int64_t D, const float* k, int64_t n, float scale,
-                             float* s /* [H][kAttnChunkKeys] */) {
+inline void attention_scores(const float* q, int64_t D, const float* k, const float* v, int64_t n,
+                             float scale, float* s /* [H][kAttnChunkKeys] */) {
     using F = typename V::F;
     for (int64_t j = 0; j < n; ++j) {
         const float* kj = k + j * D;
+        prefetch_l2(v + j * D, D);
         F acc[H];
 #pragma GCC unroll 4
         for (int h = 0; h < H; ++h) acc[h] = V::zero();
@@ -275,11 +286,16 @@ inline void attention_values_keys(const float* p /* [H][kAttnChunkKeys] */, cons
     }
 }
 
+// next_k: the keys after this chunk's, fetched meanwhile.
 template <class V, int H>
-inline void attention_values(const float* p, const float* v, int64_t D, int64_t n, float* o) {
+inline void attention_values(const float* p, const float* v, int64_t D, int64_t n, float* o,
+                             const float* next_k) {
     std::fill(o, o + H * D, 0.f);
     int64_t j = 0;
-    for (; j + 4 <= n; j += 4) attention_values_keys<V, H, 4>(p + j, v + j * D, D, o);
+    for (; j + 4 <= n; j += 4) {
+        prefetch_l2(next_k + j * D, 4 * D);
+        attention_values_keys<V, H, 4>(p + j, v + j * D, D, o);
+    }
     for (; j < n; ++j) attention_values_keys<V, H, 1>(p + j, v + j * D, D, o);
 }
 
@@ -287,9 +303,9 @@ template <class V, int H>
 inline void attention_heads(const float* q, int64_t D, const float* k, const float* v, int64_t n,
                             float scale, float* o, float* mx, float* l) {
     alignas(64) float s[H * kAttnChunkKeys];
-    attention_scores<V, H>(q, D, k, n, scale, s);
+    attention_scores<V, H>(q, D, k, v, n, scale, s);
     for (int h = 0; h < H; ++h) softmax_partial<V>(s + h * kAttnChunkKeys, n, mx + h, l + h);
-    attention_values<V, H>(s, v, D, n, o);
+    attention_values<V, H>(s, v, D, n, o, k + n * D);
 }
 
 template <class V>
