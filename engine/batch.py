@@ -274,18 +274,7 @@ class Batch:
                 K.attention(q3[r0:r1], cache.k[i], cache.v[i], pos, out=b.att[r0:r1])
             m._project(att2, L.attn_sub_norm, (L.o,), (b.o,), b)
             b.h += b.o
-            m._project(b.h, L.ffn_norm, (L.gate, L.up), (b.gate, b.up), b)
-            if a.hidden_act == "relu2":                                  # relu(g)**2 * u
-                np.maximum(b.gate, 0, out=b.gate)
-                np.multiply(b.gate, b.gate, out=b.gate)
-            else:                                                        # silu(g) * u
-                np.negative(b.gate, out=b.tmp)
-                np.exp(b.tmp, out=b.tmp)
-                b.tmp += 1
-                np.divide(b.gate, b.tmp, out=b.gate)
-            b.gate *= b.up
-            m._project(b.gate, L.mlp_sub_norm, (L.down,), (b.o,), b)
-            b.h += b.o
+            m._mlp(L, b)
 
     def _sample(self, seq: Sequence, logits: np.ndarray) -> None:
         """Engine.generate_ids' loop body: sample, stop on a stop id (not emitted), emit, stop

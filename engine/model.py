@@ -186,18 +186,23 @@ class Model:
             K.attention(q3, self.cache.k[i], self.cache.v[i], pos, out=b.att)
             self._project(att2, L.attn_sub_norm, (L.o,), (b.o,), b)
             b.h += b.o
-            self._project(b.h, L.ffn_norm, (L.gate, L.up), (b.gate, b.up), b)
-            if a.hidden_act == "relu2":                                  # relu(g)**2 * u
-                np.maximum(b.gate, 0, out=b.gate)
-                np.multiply(b.gate, b.gate, out=b.gate)
-            else:                                                        # silu(g) * u = g / (1 + e^-g) * u
-                np.negative(b.gate, out=b.tmp)
-                np.exp(b.tmp, out=b.tmp)
-                b.tmp += 1
-                np.divide(b.gate, b.tmp, out=b.gate)
-            b.gate *= b.up
-            self._project(b.gate, L.mlp_sub_norm, (L.down,), (b.o,), b)
-            b.h += b.o
+            self._mlp(L, b)
+
+    def _mlp(self, L: Layer, b) -> None:
+        """b.h += down(sub_norm(act(gate(n)) * up(n))), n = ffn_norm(b.h); act relu^2 or silu."""
+        a = self.args
+        self._project(b.h, L.ffn_norm, (L.gate, L.up), (b.gate, b.up), b)
+        if a.hidden_act == "relu2":                                  # relu(g)**2 * u
+            np.maximum(b.gate, 0, out=b.gate)
+            np.multiply(b.gate, b.gate, out=b.gate)
+        else:                                                        # silu(g) * u = g / (1 + e^-g) * u
+            np.negative(b.gate, out=b.tmp)
+            np.exp(b.tmp, out=b.tmp)
+            b.tmp += 1
+            np.divide(b.gate, b.tmp, out=b.gate)
+        b.gate *= b.up
+        self._project(b.gate, L.mlp_sub_norm, (L.down,), (b.o,), b)
+        b.h += b.o
 
     def _head(self, h, out, b) -> None:
         """out f32 [T, vocab] = lm_head(rmsnorm(h)), h f32 [T, dim]."""
