@@ -628,6 +628,8 @@ def prepare(args, say) -> list[ModelRun]:
         if path == "default":
             from engine import DEFAULT_MODEL
             path = str(DEFAULT_MODEL)
+            if not os.path.exists(path):
+                raise BenchError(f"the embedded default model is not in this install ({path})")
         if not os.path.exists(path):
             raise BenchError(f"{path}: no such file")
         try:
