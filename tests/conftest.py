@@ -1,7 +1,18 @@
 import os
 import sys
 
+import engine
+
 # Reference models run eagerly: transformers' BitNet kernels are @torch.compile'd.
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 # --import-mode=importlib: let test modules import the shared helpers next to them.
 sys.path.insert(0, os.path.dirname(__file__))
+
+# Subprocesses (`python -m engine.cli`, scripts) must import the same `engine` as this process:
+# the installed package in CI, never the source tree in the working directory, which has no
+# compiled extension. PYTHONSAFEPATH keeps the cwd off their sys.path; PYTHONPATH points at
+# the package under test.
+_engine_root = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
+os.environ["PYTHONSAFEPATH"] = "1"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_engine_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
