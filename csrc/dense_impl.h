@@ -3,10 +3,14 @@
 // namespace: every instantiation then has internal linkage and carries its own file's ISA flags,
 // so the linker can never hand an AVX-512 copy to an AVX2 caller.
 //
-// V provides: F (vector of W floats), zero, set1, load, load_tail(p, n) (lanes >= n are 0),
-// store, store_tail, load_w / load_w_tail for uint16_t (IEEE half) and int8_t weights, fma, add,
-// sub, mul, max, reduce (fixed-order horizontal sum), reduce_max, exp (for x <= 0).
+// V provides: F (vector of W floats), the tile shapes kGemvRows, kTileR, kTileM, and zero, set1,
+// load, load_tail(p, n) (lanes >= n are 0), store, store_tail, load_w / load_w_tail for
+// uint16_t (IEEE half) and int8_t weights, fma, add, sub, max, reduce (fixed-order horizontal
+// sum), reduce_max, exp (for x <= 0). Every function here is a template over V (no plain inline
+// function: one compiled with AVX-512 flags could be the copy the linker keeps for both files).
 #pragma once
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -191,6 +195,7 @@ void int8_rows(const int8_t* w, const float* row_scale, int64_t K, int64_t n0, i
 // next phase's rows into L2 as it goes: the scores fetch V, the weighted sum fetches the
 // following chunk's keys (the same head's next chunk: contiguous in the cache). Measured on
 // the 2B shape at 4096 positions: 9-10 -> 17-20 GB/s, about the streaming-read figure.
+template <class V>
 inline void prefetch_l2(const float* p, int64_t floats) {
     for (int64_t b = 0; b < floats * int64_t(sizeof(float)); b += 64)
         _mm_prefetch(reinterpret_cast<const char*>(p) + b, _MM_HINT_T1);
@@ -203,7 +208,7 @@ inline void attention_scores(const float* q, int64_t D, const float* k, const fl
     using F = typename V::F;
     for (int64_t j = 0; j < n; ++j) {
         const float* kj = k + j * D;
-        prefetch_l2(v + j * D, D);
+        prefetch_l2<V>(v + j * D, D);
         F acc[H];
 #pragma GCC unroll 4
         for (int h = 0; h < H; ++h) acc[h] = V::zero();
@@ -293,7 +298,7 @@ inline void attention_values(const float* p, const float* v, int64_t D, int64_t 
     std::fill(o, o + H * D, 0.f);
     int64_t j = 0;
     for (; j + 4 <= n; j += 4) {
-        prefetch_l2(next_k + j * D, 4 * D);
+        prefetch_l2<V>(next_k + j * D, 4 * D);
         attention_values_keys<V, H, 4>(p + j, v + j * D, D, o);
     }
     for (; j < n; ++j) attention_values_keys<V, H, 1>(p + j, v + j * D, D, o);
