@@ -11,7 +11,6 @@ from tiny_models import write_tiny  # noqa: E402
 import engine  # noqa: E402
 from engine.cli import run_main  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +86,8 @@ def test_help_explains_each_flag(capsys):
 
 
 def cli(*argv, stdin=None):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "engine.cli", *argv], input=stdin, env=env,
+    # conftest.py points PYTHONPATH at the engine under test (the installed one in CI)
+    return subprocess.run([sys.executable, "-m", "engine.cli", *argv], input=stdin,
                           capture_output=True, text=True, timeout=120)
 
 
