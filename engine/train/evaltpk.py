@@ -18,19 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.ppl import window_nll as engine_nll
+
 from .corpus import DEFAULT_OUT
-
-
-def engine_nll(eng, stream: np.ndarray, seq_len: int, bos: int) -> tuple[float, int]:
-    total, count = 0.0, 0
-    for s in range(0, len(stream), seq_len):
-        w = np.asarray(stream[s:s + seq_len], dtype=np.int64)
-        logits = np.asarray(eng.forward([bos] + w[:-1].tolist()), dtype=np.float64)  # (T, V)
-        m = logits.max(axis=1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
-        total += float((lse - logits[np.arange(len(w)), w]).sum())
-        count += len(w)
-    return total / count, count
 
 
 def main(argv=None):
