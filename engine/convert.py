@@ -371,8 +371,10 @@ def hf_source(src):
         how, scale_mode = "packed", "div"
     elif qc and mode == "offline":              # AutoBitLinear offline: packed, out = acc / a * s
         how, scale_mode = "packed", "mul"
-    elif qc or sub_norms:                       # online masters / 1bitLLM shadow weights
+    elif qc or (sub_norms and model_type != "bitnet"):  # online masters / 1bitLLM shadow weights
         how, scale_mode = "master-ternary", "mul"
+    # A bitnet checkpoint without quantization_config is a full-precision model: transformers
+    # (models/bitnet) then runs plain nn.Linear, so it converts to f16 unless --weights asks.
     else:                                       # plain float model
         how, scale_mode = "float", "mul"
 

@@ -255,6 +255,15 @@ def bitnet_online(tmp, d, seed=2, use_rms_norm=False):
     return Checkpoint(path, path, "BitNetForCausalLM", d, "bitnet-online", tern)
 
 
+def bitnet_float(tmp, d, seed=6):
+    """A BitNet graph without quantization_config (e.g. a 16-bit training twin): transformers
+    runs plain nn.Linear in full precision, so it converts to an f16 model."""
+    sd = random_weights(d, seed, sub_norms=True)
+    path = os.path.join(tmp, "bitnet_float")
+    _save_any(path, {k: torch.from_numpy(v) for k, v in sd.items()}, _config("bitnet", d))
+    return Checkpoint(path, path, "BitNetForCausalLM", d, "bitnet-float", {})
+
+
 def llama_bitlinear(tmp, d, seed=3):
     """(3) Llama + BitLinear (Falcon3-1.58bit style): packed U8, weight_scale = 1/mean|W| (divides)."""
     sd = random_weights(d, seed, sub_norms=False)

@@ -116,6 +116,7 @@ KINDS = {
     "bitnet-offline-int8-head": (lambda t: C.bitnet_offline(t, D_OFFLINE), ("--lm-head", "int8")),
     "bitnet-online-proj-norm": (lambda t: C.bitnet_online(t, D_ONLINE, use_rms_norm=True), ()),
     "llama-bitlinear": (lambda t: C.llama_bitlinear(t, D_BITLINEAR), ()),
+    "bitnet-float-f16": (lambda t: C.bitnet_float(t, D_ONLINE), ()),
     "shadow-absmean": (lambda t: C.shadow(t, D_SHADOW), ()),
     "shadow-absmedian": (lambda t: C.shadow(t, D_SHADOW, scale="absmedian"), ("--scale", "absmedian")),
     "llama-f16": (lambda t: C.llama_plain(t, D_PLAIN), ()),
