@@ -24,9 +24,11 @@ What one run does, per model:
    - tgN: N decode steps (Model.step) at positions 0..N-1, after one warm-up step;
    - the machine's DRAM read bandwidth (engine._kernels.stream_read_gbps, the loop
      benchmarks/bench_kernels.py uses) at the same thread count, in every repetition.
-   Reported tok/s are medians over repetitions; the DRAM bandwidth is the best sample of the
-   run (as STREAM reports it: a neighbour's traffic only ever lowers a sample, and %DRAM is
-   a fraction of what the machine can do).
+   Reported tok/s are medians over repetitions. The bandwidth a shared machine leaves drifts
+   (20-33 GB/s within minutes here), so every tg run is paired with a bandwidth sample taken
+   just before it, and %DRAM is the median over repetitions of (weights GB/s of that run) /
+   (that sample), as benchmarks/bench_kernels.py pairs its GEMVs. The JSON also holds the best
+   sample of the run (dram_gbps_best, as STREAM would report the machine) and pct_dram_best.
 4. Python overhead of a decode step (at the largest thread count, each repetition): every
    compute function of engine.kernels (and any reference to one held by another engine module)
    is wrapped by a timer, perf_counter around the bound call, so pybind11's argument checks
@@ -39,9 +41,9 @@ What one run does, per model:
 
 Columns: bits/w = bytes of the packed linear weights x 8 / their count (padding included);
 weights MB/tok = bytes one decode step must read (every linear plus the lm_head; the embedding
-row is negligible); GB/s = that x tg tok/s; %DRAM = GB/s / the measured bandwidth at the same
-thread count; x fp16 = tok/s over the fp16 model's at the same threads; peak RSS = the worker's
-VmHWM over the configuration (mapped weights + KV cache + buffers).
+row is negligible); GB/s = that x tg tok/s; %DRAM = GB/s / the bandwidth measured just before
+(median over repetitions, see 3.); x fp16 = tok/s over the fp16 model's at the same threads;
+peak RSS = the worker's VmHWM over the configuration (mapped weights + KV cache + buffers).
 
 --llama-bench PATH (llama.cpp's llama-bench; llama-quantize from the same directory or
 --llama-quantize): the f16 model is written as GGUF with the `gguf` package (architecture
@@ -581,6 +583,7 @@ class Variant:
     samples: dict = field(default_factory=dict)    # (threads, test) -> [tok/s]
     rss: dict = field(default_factory=dict)        # threads -> peak bytes
     overhead: list = field(default_factory=list)   # per repetition: dict
+    dram_before_tg: dict = field(default_factory=dict)  # threads -> [GB/s sampled just before each tg run]
 
 
 @dataclass
@@ -690,6 +693,10 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
                     for kind, n in [("pp", p) for p in pp_list] + ([("tg", tg)] if tg else []):
                         if bar is not None:
                             bar.set_description(f"{mr.name} rep {rep + 1}/{args.reps} t={threads} {v.label} {kind}{n}")
+                        if kind == "tg":  # pairs each decode run with the bandwidth just before it
+                            d = _kernels.stream_read_gbps(args.dram_mb << 20, threads, 3)
+                            v.dram_before_tg.setdefault(threads, []).append(d)
+                            mr.dram[threads].append(d)
                         r = w.call("measure", kind, n, threads)
                         v.samples.setdefault((threads, f"{kind}{n}"), []).append(n / r["seconds"])
                         v.rss[threads] = max(v.rss.get(threads, 0), r["peak_rss"])
@@ -747,7 +754,7 @@ def build_rows(mr: ModelRun, threads_list, pp_list, tg) -> list[dict]:
         for threads in threads_list:
             if not any(k[0] == threads for k in v.samples):
                 continue
-            dram = max(mr.dram.get(threads, []), default=None)
+            best = max(mr.dram.get(threads, []), default=None)
             row = dict(model=mr.name, engine=v.engine, format=v.label, threads=threads,
                        isa=v.validation.get("isa"), validated=bool(v.validation) if v.engine == "ours" else None)
             row.update(weight_format=v.info.get("weight_format"), lm_head=v.info.get("lm_head_format"),
@@ -761,11 +768,20 @@ def build_rows(mr: ModelRun, threads_list, pp_list, tg) -> list[dict]:
                 tps = _median(v.samples.get((threads, tg_key), []))
                 row[f"{tg_key}_tps"] = tps
                 row[f"{tg_key}_samples"] = v.samples.get((threads, tg_key), [])
-                gbps = tps * v.info.get("bytes_per_token", 0) / 1e9 if tps else None
+                per_token = v.info.get("bytes_per_token", 0)
+                gbps = tps * per_token / 1e9 if tps else None
                 row["gbps"] = gbps
-                row["dram_gbps"] = dram
+                tgs, paired = v.samples.get((threads, tg_key), []), v.dram_before_tg.get(threads, [])
+                if paired and len(paired) == len(tgs):
+                    row["dram_gbps"] = _median(paired)
+                    row["pct_dram"] = _median([100.0 * t * per_token / 1e9 / d for t, d in zip(tgs, paired)])
+                else:  # llama.cpp rows: the bandwidth samples of the run at these threads
+                    row["dram_gbps"] = _median(mr.dram.get(threads, []))
+                    row["pct_dram"] = 100.0 * gbps / row["dram_gbps"] if gbps and row["dram_gbps"] else None
+                row["dram_gbps_before_tg"] = paired
+                row["dram_gbps_best"] = best
+                row["pct_dram_best"] = 100.0 * gbps / best if gbps and best else None
                 row["dram_gbps_samples"] = mr.dram.get(threads, [])
-                row["pct_dram"] = 100.0 * gbps / dram if gbps and dram else None
                 if f16 is not None and (threads, tg_key) in f16.samples:
                     row["speedup_tg"] = tps / _median(f16.samples[(threads, tg_key)])
             if f16 is not None:
@@ -1040,9 +1056,9 @@ def _main(argv=None) -> int:
     print(head)
     print(table(rows, pp_list, tg))
     for mr in runs:
-        ds = ", ".join(f"{t} thr {max(v):.1f} GB/s (samples {min(v):.1f}..{max(v):.1f})"
+        ds = ", ".join(f"{t} thr median {_median(v):.1f} GB/s ({min(v):.1f}..{max(v):.1f})"
                        for t, v in sorted(mr.dram.items()))
-        print(f"DRAM read bandwidth ({mr.name} run, best): {ds}")
+        print(f"DRAM read bandwidth ({mr.name} run, {sum(len(v) for v in mr.dram.values())} samples): {ds}")
     for mr in runs:
         parts = []
         for v in mr.variants:
