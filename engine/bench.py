@@ -911,7 +911,7 @@ def plot(rows: list[dict], path: str, pp_list, tg) -> None:
             ax.set_title(f"{model}: {test}", fontsize=9)
             ax.set_xlabel("threads", fontsize=8)
             ax.set_ylabel("tok/s", fontsize=8)
-            ax.set_yscale("log")
+            ax.set_ylim(bottom=0)
             ax.set_xticks(sorted({r["threads"] for r in rs}))
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
