@@ -292,37 +292,6 @@ __attribute__((noinline)) void t1_gemv_rows(const T1Decoder& dec, const uint8_t*
 }
 
 // ---------------------------------------------------------------------------------------------
-// GEMM on bit masks: rows in the T2 layout (the packed rows themselves, or T1 rows transcoded),
-// R rows' masks held in k-registers and reused by T tokens: per row, token and plane two masked
-// byte moves and one vpdpbusd, nothing expanded.
-
-template <int R, int T>
-__attribute__((noinline)) void mask_tile(const uint8_t* const* w, int64_t planes, const int8_t* q,
-                                         int64_t ldq, const int8_t* tail, const int32_t* corr,
-                                         int32_t* out, int64_t ldc) {
-    const __m512i ones = _mm512_set1_epi8(1), all = _mm512_set1_epi8(-1);
-    __m512i s[T][R];
-    for (int t = 0; t < T; ++t)
-        for (int r = 0; r < R; ++r) s[t][r] = _mm512_setzero_si512();
-    for (int64_t p = 0; p < planes; ++p) {
-        const bool last = tail && p + 1 == planes;
-        const int8_t* a0 = last ? tail : q + 64 * p;
-        const int64_t lda = last ? 64 : ldq;
-        const int64_t off = (p / 4) * kT2BlockBytes + 8 * (p % 4);
-        __mmask64 kp[R], km[R];
-        for (int r = 0; r < R; ++r) {
-            kp[r] = load_mask(w[r] + off);
-            km[r] = load_mask(w[r] + off + 32);
-        }
-        for (int t = 0; t < T; ++t) {
-            const __m512i x = _mm512_loadu_si512(a0 + t * lda), nx = _mm512_xor_si512(x, all);
-            for (int r = 0; r < R; ++r) s[t][r] = add_bytes(s[t][r], ones, select(kp[r], km[r], x, nx));
-        }
-    }
-    for (int t = 0; t < T; ++t) store_sums<R>(s[t], corr, out + t * ldc);
-}
-
-// ---------------------------------------------------------------------------------------------
 // GEMM path: a tile of R rows expanded to byte masks, reused by every token.
 
 // Thread-local scratch, 64-byte aligned; grows, never shrinks.
