@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "dense.h"
+#include "quantize_tail.h"
 #include "ternary.h"
 
 namespace ternary {
@@ -392,10 +393,7 @@ float quantize_row_avx2(const float* x, int64_t K, int8_t* q) {
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
     float amax = _mm_cvtss_f32(m4);
-    for (; k < K; ++k) {
-        const float a = __builtin_fabsf(x[k]);
-        amax = amax < a ? a : amax;
-    }
+    amax = absmax_tail(x, k, K, amax);
     const float scale = 127.f / (amax < 1e-5f ? 1e-5f : amax);
     const __m256 vs = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-128.f), hi = _mm256_set1_ps(127.f);
     for (k = 0; k + 8 <= K; k += 8) {
@@ -405,11 +403,7 @@ float quantize_row_avx2(const float* x, int64_t K, int8_t* q) {
         const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
         _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(w, w));
     }
-    for (; k < K; ++k) {
-        const float r = __builtin_nearbyintf(x[k] * scale);
-        const float c = -128.f < r ? r : -128.f;
-        q[k] = int8_t(c < 127.f ? c : 127.f);
-    }
+    quantize_tail(x, k, K, scale, q);
     return scale;
 }
 

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "quantize_tail.h"
 #include "ternary.h"
 
 namespace ternary {
@@ -423,10 +424,7 @@ float quantize_row_neon(const float* x, int64_t K, int8_t* q) {
         vmax = vbslq_f32(vcltq_f32(vmax, a), a, vmax);  // std::max(vmax, a)
     }
     float amax = vmaxvq_f32(vmax);
-    for (; k < K; ++k) {
-        const float a = __builtin_fabsf(x[k]);
-        amax = amax < a ? a : amax;
-    }
+    amax = absmax_tail(x, k, K, amax);
     const float scale = 127.f / (amax < 1e-5f ? 1e-5f : amax);
     const float32x4_t vs = vdupq_n_f32(scale), lo = vdupq_n_f32(-128.f), hi = vdupq_n_f32(127.f);
     for (k = 0; k + 8 <= K; k += 8) {
@@ -438,11 +436,7 @@ float quantize_row_neon(const float* x, int64_t K, int8_t* q) {
         }
         vst1_s8(q + k, vqmovn_s16(vcombine_s16(vqmovn_s32(i[0]), vqmovn_s32(i[1]))));
     }
-    for (; k < K; ++k) {
-        const float r = __builtin_nearbyintf(x[k] * scale);
-        const float c = -128.f < r ? r : -128.f;
-        q[k] = int8_t(c < 127.f ? c : 127.f);
-    }
+    quantize_tail(x, k, K, scale, q);
     return scale;
 }
 
