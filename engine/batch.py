@@ -30,7 +30,6 @@ from typing import Callable
 
 import numpy as np
 
-from engine import kernels as K
 from engine.kvcache import KVCache
 from engine.model import PREFILL_CHUNK, make_buffers, rows
 from engine.sampling import Sampler
@@ -249,32 +248,13 @@ class Batch:
                 self.sample_rows[n] = r1 - 1
                 n += 1
         with np.errstate(over="ignore"):
-            self._layers(b, R, spans)
+            attn = [(self.caches[seq.slot], r0, r1, pos) for seq, r0, r1, pos in spans]
+            m._layers(b, R, self.cos[:R], self.sin[:R], attn)
             if n:
                 h = self.h_last[:n]
                 np.take(b.h, self.sample_rows[:n], axis=0, out=h)
                 m._head(h, self.logits[:n], b)
         return self.logits[:n]
-
-    def _layers(self, b, R: int, spans: list) -> None:
-        """Model._layers with per-row positions and per-sequence caches."""
-        m, a = self.model, self.model.args
-        cos, sin = self.cos[:R], self.sin[:R]                           # (R, D/2)
-        q3 = b.q.reshape(R, a.n_heads, a.head_dim)                       # (R, Hq, D) views
-        k3 = b.k.reshape(R, a.n_kv_heads, a.head_dim)                    # (R, Hkv, D)
-        v3 = b.v.reshape(R, a.n_kv_heads, a.head_dim)
-        att2 = b.att.reshape(R, a.n_heads * a.head_dim)                  # (R, Hq*D)
-        attn = [(self.caches[seq.slot], r0, r1, pos) for seq, r0, r1, pos in spans]
-        for i, L in enumerate(m.layers):
-            m._project(b.h, L.attn_norm, (L.q, L.k, L.v), (b.q, b.k, b.v), b)
-            K.rope_neox(q3, cos, sin)
-            K.rope_neox(k3, cos, sin)
-            for cache, r0, r1, pos in attn:
-                cache.update(i, pos, k3[r0:r1], v3[r0:r1])
-                K.attention(q3[r0:r1], cache.k[i], cache.v[i], pos, out=b.att[r0:r1])
-            m._project(att2, L.attn_sub_norm, (L.o,), (b.o,), b)
-            b.h += b.o
-            m._mlp(L, b)
 
     def _sample(self, seq: Sequence, logits: np.ndarray) -> None:
         """Engine.generate_ids' loop body: sample, stop on a stop id (not emitted), emit, stop

@@ -171,9 +171,11 @@ class Model:
         for lin, out in zip(linears, outs):
             K.ternary_linear(a.weight_format, lin.weight, lin.k, q, s, lin.scale, self.divide, out=out)
 
-    def _layers(self, b, pos: int, t: int) -> None:
+    def _layers(self, b, t: int, cos, sin, spans) -> None:
+        """All layers over the first t rows of the buffers b. cos/sin: f32 [t, D/2], each row's
+        own position. spans: (cache, r0, r1, pos): rows r0..r1 are one sequence's tokens at
+        positions pos.. in that KVCache (one span for a plain pass; one per request in a batch)."""
         a = self.args
-        cos, sin = self.cos[pos:pos + t], self.sin[pos:pos + t]          # (T, D/2)
         q3 = b.q.reshape(t, a.n_heads, a.head_dim)                       # (T, Hq, D) views
         k3 = b.k.reshape(t, a.n_kv_heads, a.head_dim)                    # (T, Hkv, D)
         v3 = b.v.reshape(t, a.n_kv_heads, a.head_dim)
@@ -182,11 +184,16 @@ class Model:
             self._project(b.h, L.attn_norm, (L.q, L.k, L.v), (b.q, b.k, b.v), b)
             K.rope_neox(q3, cos, sin)
             K.rope_neox(k3, cos, sin)
-            self.cache.update(i, pos, k3, v3)
-            K.attention(q3, self.cache.k[i], self.cache.v[i], pos, out=b.att)
+            for cache, r0, r1, pos in spans:
+                cache.update(i, pos, k3[r0:r1], v3[r0:r1])
+                K.attention(q3[r0:r1], cache.k[i], cache.v[i], pos, out=b.att[r0:r1])
             self._project(att2, L.attn_sub_norm, (L.o,), (b.o,), b)
             b.h += b.o
             self._mlp(L, b)
+
+    def _pass(self, b, pos: int, t: int) -> None:
+        """One sequence's tokens at positions pos .. pos + t - 1 through all layers."""
+        self._layers(b, t, self.cos[pos:pos + t], self.sin[pos:pos + t], ((self.cache, 0, t, pos),))
 
     def _mlp(self, L: Layer, b) -> None:
         """b.h += down(sub_norm(act(gate(n)) * up(n))), n = ffn_norm(b.h); act relu^2 or silu."""
@@ -222,7 +229,7 @@ class Model:
         self.cache.check_span(pos, 1)
         b.h[0] = self.embed[token]
         with np.errstate(over="ignore"):
-            self._layers(b, pos, 1)
+            self._pass(b, pos, 1)
         self._head(b.h, self.logits1, b)
         return self.logits1[0]
 
@@ -250,7 +257,7 @@ class Model:
             b = rows(self.bufn, c1 - c0)
             b.h[:] = self.embed[ids[c0:c1]]
             with np.errstate(over="ignore"):
-                self._layers(b, start_pos + c0, c1 - c0)
+                self._pass(b, start_pos + c0, c1 - c0)
             if not last_only:
                 self._head(b.h, logits[c0:c1], b)
             elif c1 == t:
