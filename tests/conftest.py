@@ -1,7 +1,10 @@
 import os
 import sys
 
+import pytest
+
 import engine
+from engine import kernels
 
 # Reference models run eagerly: transformers' BitNet kernels are @torch.compile'd.
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
@@ -16,3 +19,13 @@ _engine_root = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__))
 os.environ["PYTHONSAFEPATH"] = "1"
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [_engine_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
+
+@pytest.fixture(params=kernels.available_isas())
+def isa(request):
+    """Runs the test once per ISA this CPU has; restores the ISA and thread count after."""
+    before, threads = kernels.active_isa(), kernels.threads()
+    kernels.set_isa(request.param)
+    yield request.param
+    kernels.set_isa(before)
+    kernels.set_threads(threads)

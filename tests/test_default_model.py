@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from engine import Engine
-from engine import kernels as K
 
 PROMPT = "It is a truth universally acknowledged"
 GOLDEN_GREEDY = (" to be a man.\nVerse 1. The Lord is the Lord's word.\n2. The Lord is the Lord.\n"
@@ -24,14 +23,6 @@ GOLDEN_SEED0 = (" by the Lord's hands. But what was no more a man to be sure. Th
 @pytest.fixture(scope="module")
 def eng():
     return Engine()
-
-
-@pytest.fixture(params=K.available_isas())
-def isa(request):
-    before = K.active_isa()
-    K.set_isa(request.param)
-    yield request.param
-    K.set_isa(before)
 
 
 def test_greedy_golden_text(eng, isa):

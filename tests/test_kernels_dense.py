@@ -17,15 +17,6 @@ ODD_N = (1, 3, 17, 31, 96, 200)
 ODD_K = (1, 3, 15, 16, 17, 31, 33, 96, 200, 255, 1003)
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before, threads = kernels.active_isa(), kernels.threads()
-    kernels.set_isa(request.param)
-    yield request.param
-    kernels.set_isa(before)
-    kernels.set_threads(threads)
-
-
 def rng(*seed):
     return np.random.default_rng(list(seed))
 

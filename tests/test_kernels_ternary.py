@@ -22,15 +22,6 @@ SIZES = (1, 3, 31, 96, 200, 255, 1003, 2560, 6912)  # N and K
 TOKENS = (1, 2, 7, 64)  # M
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before, threads = kernels.active_isa(), kernels.threads()
-    kernels.set_isa(request.param)
-    yield request.param
-    kernels.set_isa(before)
-    kernels.set_threads(threads)
-
-
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def threads(request):
     before = kernels.threads()
