@@ -2,7 +2,8 @@
 
 The tiny synthetic shape goes through the whole benchmark (workers, validation against the
 reference ISA, timing, table, JSON, plot) with short prefill/decode lengths; the llama.cpp
-comparison is tested up to the GGUF it writes (no llama.cpp binary here).
+comparison is tested up to the GGUF it writes (CI builds no llama.cpp; benchmarks/RESULTS.md
+has a run against a real llama-bench).
 """
 import json
 
