@@ -27,25 +27,48 @@ void ternary_matmul_i32(Format fmt, const uint8_t* packed, int64_t N, int64_t K,
     });
 }
 
+namespace {
+
+// Rows [n0, n1) of one projection: int32 accumulators into `out` itself (same size), then
+// floats in place while the rows are still in cache.
+void ternary_linear_rows(const KernelTable& kt, Format fmt, const TernaryProjection& p, int64_t K,
+                         const int8_t* q, const float* act_scale, int64_t M, bool divide,
+                         int64_t n0, int64_t n1) {
+    int32_t* acc = reinterpret_cast<int32_t*>(p.out);
+    ternary_rows(kt, fmt, p.packed, K, n0, n1, q, M, acc, p.N);
+    for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = n0; n < n1; ++n) {
+            int32_t a;
+            std::memcpy(&a, p.out + m * p.N + n, sizeof a);
+            const float y = divide ? float(a) / (act_scale[m] * p.weight_scale)
+                                   : float(a) / act_scale[m] * p.weight_scale;
+            std::memcpy(p.out + m * p.N + n, &y, sizeof y);
+        }
+    }
+}
+
+}  // namespace
+
+void ternary_linear_fused(Format fmt, const TernaryProjection* proj, int nproj, int64_t K,
+                          const int8_t* q, const float* act_scale, int64_t M, bool divide) {
+    const KernelTable& kt = active_kernels();
+    int64_t total = 0;
+    for (int i = 0; i < nproj; ++i) total += proj[i].N;
+    // Rows of the concatenation [proj 0 rows, proj 1 rows, ...]; a chunk may span projections.
+    parallel_rows(total, kRowAlign, std::max<int64_t>(1, K * M / 8), [&](int64_t n0, int64_t n1) {
+        int64_t first = 0;
+        for (int i = 0; i < nproj && first < n1; first += proj[i].N, ++i) {
+            const int64_t a = std::max(n0, first) - first, b = std::min(n1, first + proj[i].N) - first;
+            if (a < b) ternary_linear_rows(kt, fmt, proj[i], K, q, act_scale, M, divide, a, b);
+        }
+    });
+}
+
 void ternary_linear(Format fmt, const uint8_t* packed, int64_t N, int64_t K, const int8_t* q,
                     const float* act_scale, int64_t M, float weight_scale, bool divide,
                     float* out) {
-    const KernelTable& kt = active_kernels();
-    parallel_rows(N, kRowAlign, std::max<int64_t>(1, K * M / 8), [&](int64_t n0, int64_t n1) {
-        // The int32 accumulators go into `out` itself (same size), then become floats in place
-        // while the chunk is still in cache.
-        int32_t* acc = reinterpret_cast<int32_t*>(out);
-        ternary_rows(kt, fmt, packed, K, n0, n1, q, M, acc, N);
-        for (int64_t m = 0; m < M; ++m) {
-            for (int64_t n = n0; n < n1; ++n) {
-                int32_t a;
-                std::memcpy(&a, out + m * N + n, sizeof a);
-                const float y = divide ? float(a) / (act_scale[m] * weight_scale)
-                                       : float(a) / act_scale[m] * weight_scale;
-                std::memcpy(out + m * N + n, &y, sizeof y);
-            }
-        }
-    });
+    const TernaryProjection p{packed, N, weight_scale, out};
+    ternary_linear_fused(fmt, &p, 1, K, q, act_scale, M, divide);
 }
 
 void f16_linear(const uint16_t* w, int64_t N, int64_t K, const float* x, int64_t M, float* out) {

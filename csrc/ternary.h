@@ -136,6 +136,17 @@ void ternary_matmul_i32(Format fmt, const uint8_t* packed, int64_t N, int64_t K,
 void ternary_linear(Format fmt, const uint8_t* packed, int64_t N, int64_t K,
                     const int8_t* q, const float* act_scale, int64_t M,
                     float weight_scale, bool divide, float* out);
+// Several projections of the same activations (q/k/v, gate/up) in one parallel pass over their
+// rows, as if concatenated: one wake of the thread pool instead of one per projection, and small
+// projections (k, v) share chunks with large ones. Each is exactly ternary_linear's result.
+struct TernaryProjection {
+    const uint8_t* packed;  // [N, row_bytes(fmt, K)]
+    int64_t N;
+    float weight_scale;
+    float* out;             // [M, N]
+};
+void ternary_linear_fused(Format fmt, const TernaryProjection* proj, int nproj, int64_t K,
+                          const int8_t* q, const float* act_scale, int64_t M, bool divide);
 void f16_linear(const uint16_t* w, int64_t N, int64_t K, const float* x, int64_t M, float* out);
 void int8_linear(const int8_t* w, const float* row_scale, int64_t N, int64_t K,
                  const float* x, int64_t M, float* out);

@@ -70,8 +70,9 @@ DRAM_MB = 256                   # bandwidth buffer: 8x this machine's 32 MB L3
 VALIDATE_GEMM_M = 19            # odd: exercises the GEMM kernels' row-tile remainders
 VALIDATE_SLICE_ROWS = 128       # rows checked at the largest prefill length
 OVERHEAD_STEPS = 32
-COMPUTE_KERNELS = ("ternary_linear", "ternary_matmul_i32", "f16_linear", "int8_linear",
-                   "quantize_rows", "rmsnorm_quantize_rows", "rmsnorm", "rope_neox", "attention")
+COMPUTE_KERNELS = ("ternary_linear", "ternary_linear_fused", "ternary_matmul_i32", "f16_linear",
+                   "int8_linear", "quantize_rows", "rmsnorm_quantize_rows", "rmsnorm", "rope_neox",
+                   "attention")
 
 
 class BenchError(Exception):

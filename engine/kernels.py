@@ -21,6 +21,7 @@ from engine._kernels import (  # noqa: F401  (the public kernel API)
     set_isa,
     set_threads,
     ternary_linear,
+    ternary_linear_fused,
     ternary_matmul_i32,
     threads,
     unpack,

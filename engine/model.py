@@ -168,8 +168,9 @@ class Model:
             q, s = K.rmsnorm_quantize_rows(x, norm, a.norm_eps, q=b.qi8[d], act_scale=b.act_scale)
         else:
             q, s = K.quantize_rows(x, q=b.qi8[d], act_scale=b.act_scale)
-        for lin, out in zip(linears, outs):
-            K.ternary_linear(a.weight_format, lin.weight, lin.k, q, s, lin.scale, self.divide, out=out)
+        # q/k/v and gate/up share their input: one fused call, one wake of the thread pool
+        K.ternary_linear_fused(a.weight_format, [lin.weight for lin in linears], linears[0].k, q, s,
+                               [lin.scale for lin in linears], self.divide, outs=list(outs))
 
     def _layers(self, b, t: int, cos, sin, spans) -> None:
         """All layers over the first t rows of the buffers b. cos/sin: f32 [t, D/2], each row's

@@ -71,6 +71,9 @@ const T* cst(const py::array& a) { return static_cast<const T*>(a.data()); }
 // Returns `out` checked, or a fresh float32 array of the given shape.
 py::array float_out(py::object out, std::vector<int64_t> dims, const char* name = "out") {
     if (out.is_none()) return py::array_t<float>(std::vector<py::ssize_t>(dims.begin(), dims.end()));
+    if (!py::isinstance<py::array>(out))
+        throw py::type_error(std::string(name) + ": expected a numpy array, got " +
+                             std::string(py::str(py::type::of(out).attr("__name__"))));
     py::array a = py::reinterpret_borrow<py::array>(out);
     check<float>(a, name, dims, true);
     return a;
@@ -202,6 +205,47 @@ PYBIND11_MODULE(_kernels, m) {
         },
         py::arg("fmt"), py::arg("packed"), py::arg("k"), py::arg("q"), py::arg("act_scale"),
         py::arg("weight_scale"), py::arg("divide") = false, py::arg("out") = py::none());
+
+    m.def(
+        "ternary_linear_fused",
+        [](const std::string& fmt, std::vector<py::array> packed, int64_t k, py::array q,
+           py::array act_scale, std::vector<float> weight_scales, bool divide, py::object outs) {
+            const Format f = parse_format(fmt);
+            if (k < 1) throw py::value_error("k must be >= 1");
+            if (packed.empty()) throw py::value_error("packed: expected at least one projection");
+            if (weight_scales.size() != packed.size())
+                throw py::value_error("weight_scales: expected " + std::to_string(packed.size()) +
+                                      " scales (one per packed matrix), got " +
+                                      std::to_string(weight_scales.size()));
+            check<int8_t>(q, "q", {-1, k});
+            const int64_t M = q.shape(0);
+            check<float>(act_scale, "act_scale", {M});
+            std::vector<py::object> given;
+            if (!outs.is_none()) {
+                given = outs.cast<std::vector<py::object>>();
+                if (given.size() != packed.size())
+                    throw py::value_error("outs: expected " + std::to_string(packed.size()) +
+                                          " arrays (one per packed matrix), got " + std::to_string(given.size()));
+            }
+            std::vector<py::array> o;
+            std::vector<TernaryProjection> proj;
+            for (size_t i = 0; i < packed.size(); ++i) {
+                const std::string pi = "packed[" + std::to_string(i) + "]";
+                check<uint8_t>(packed[i], pi.c_str(), {-1, int64_t(row_bytes(f, k))});
+                const int64_t N = packed[i].shape(0);
+                const std::string oi = "outs[" + std::to_string(i) + "]";
+                o.push_back(float_out(given.empty() ? py::none() : given[i], {M, N}, oi.c_str()));
+                proj.push_back({cst<uint8_t>(packed[i]), N, weight_scales[i], mut<float>(o.back())});
+            }
+            {
+                py::gil_scoped_release nogil;
+                ternary_linear_fused(f, proj.data(), int(proj.size()), k, cst<int8_t>(q),
+                                     cst<float>(act_scale), M, divide);
+            }
+            return o;
+        },
+        py::arg("fmt"), py::arg("packed"), py::arg("k"), py::arg("q"), py::arg("act_scale"),
+        py::arg("weight_scales"), py::arg("divide") = false, py::arg("outs") = py::none());
 
     m.def(
         "f16_linear",

@@ -343,6 +343,46 @@ def test_ternary_linear_epilogue(isa, fmt, divide):
         assert np.array_equal(buf, want)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("divide", [False, True])
+def test_ternary_linear_fused_is_each_projection(isa, threads, fmt, divide):
+    """One fused call over several matrices (odd row counts, so thread chunks straddle them) gives
+    each matrix's ternary_linear result, bit for bit."""
+    for ns, k, m in (((31, 5, 200), 1003, 7), ((2560, 640, 640), 2560, 1), ((1, 3), 31, 2)):
+        r = rng(*ns, k, m, 14)
+        packed = [kernels.pack(fmt, ternary(r, n, k)) for n in ns]
+        scales = [float(x) for x in r.uniform(0.01, 2.0, len(ns)).astype(np.float32)]
+        q, act_scale = kernels.quantize_rows(r.standard_normal((m, k)).astype(np.float32))
+        want = [kernels.ternary_linear(fmt, p, k, q, act_scale, c, divide=divide)
+                for p, c in zip(packed, scales)]
+        got = kernels.ternary_linear_fused(fmt, packed, k, q, act_scale, scales, divide)
+        assert len(got) == len(ns) and all(np.array_equal(g, w) for g, w in zip(got, want))
+        outs = [np.full((m, n), np.nan, np.float32) for n in ns]
+        back = kernels.ternary_linear_fused(fmt, packed, k, q, act_scale, scales, divide, outs=outs)
+        assert all(b is o and np.array_equal(o, w) for b, o, w in zip(back, outs, want))
+
+
+def test_ternary_linear_fused_rejects_mismatched_lists():
+    k = 40
+    packed = [kernels.pack("t2", ternary(rng(15), n, k)) for n in (4, 3)]
+    q, s = np.zeros((2, k), np.int8), np.ones(2, np.float32)
+    with pytest.raises(ValueError, match="weight_scales: expected 2 scales"):
+        kernels.ternary_linear_fused("t2", packed, k, q, s, [1.0])
+    with pytest.raises(ValueError, match="outs: expected 2 arrays"):
+        kernels.ternary_linear_fused("t2", packed, k, q, s, [1.0, 1.0], outs=[np.empty((2, 4), np.float32)])
+    with pytest.raises(ValueError, match=r"outs\[1\]: expected dim 1 = 3, got shape \(2, 4\)"):
+        kernels.ternary_linear_fused("t2", packed, k, q, s, [1.0, 1.0],
+                                     outs=[np.empty((2, 4), np.float32), np.empty((2, 4), np.float32)])
+    with pytest.raises(TypeError, match=r"outs\[0\]: expected a numpy array, got list"):
+        kernels.ternary_linear_fused("t2", packed, k, q, s, [1.0, 1.0], outs=[[0.0], np.empty((2, 3), np.float32)])
+    with pytest.raises(TypeError, match=r"packed\[1\]: expected dtype uint8, got int8"):
+        kernels.ternary_linear_fused("t2", [packed[0], packed[1].view(np.int8)], k, q, s, [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"packed\[0\]: expected dim 1 = 128, got shape \(4, 64\)"):
+        kernels.ternary_linear_fused("t1", packed, 400, np.zeros((2, 400), np.int8), s, [1.0, 1.0])
+    with pytest.raises(ValueError, match="at least one projection"):
+        kernels.ternary_linear_fused("t2", [], k, q, s, [])
+
+
 # ---- bindings check their arguments ------------------------------------------------------------
 
 def test_bindings_reject_wrong_dtype():
