@@ -148,6 +148,9 @@ struct TernaryProjection {
 void ternary_linear_fused(Format fmt, const TernaryProjection* proj, int nproj, int64_t K,
                           const int8_t* q, const float* act_scale, int64_t M, bool divide);
 void f16_linear(const uint16_t* w, int64_t N, int64_t K, const float* x, int64_t M, float* out);
+// f16_linear of nproj matrices w[i] [N[i], K] on the same x, in one parallel pass (as above).
+void f16_linear_fused(const uint16_t* const* w, const int64_t* N, int nproj, int64_t K,
+                      const float* x, int64_t M, float* const* out);
 void int8_linear(const int8_t* w, const float* row_scale, int64_t N, int64_t K,
                  const float* x, int64_t M, float* out);
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* act_scale);

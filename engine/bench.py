@@ -71,8 +71,8 @@ VALIDATE_GEMM_M = 19            # odd: exercises the GEMM kernels' row-tile rema
 VALIDATE_SLICE_ROWS = 128       # rows checked at the largest prefill length
 OVERHEAD_STEPS = 32
 COMPUTE_KERNELS = ("ternary_linear", "ternary_linear_fused", "ternary_matmul_i32", "f16_linear",
-                   "int8_linear", "quantize_rows", "rmsnorm_quantize_rows", "rmsnorm", "rope_neox",
-                   "attention")
+                   "f16_linear_fused", "int8_linear", "quantize_rows", "rmsnorm_quantize_rows",
+                   "rmsnorm", "rope_neox", "attention")
 
 
 class BenchError(Exception):

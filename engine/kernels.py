@@ -10,6 +10,7 @@ from engine._kernels import (  # noqa: F401  (the public kernel API)
     attention,
     available_isas,
     f16_linear,
+    f16_linear_fused,
     int8_linear,
     pack,
     physical_cores,

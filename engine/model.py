@@ -154,8 +154,7 @@ class Model:
         if not self.ternary:
             if norm is not None:
                 x = K.rmsnorm(x, norm, a.norm_eps, out=b.norm[d])
-            for lin, out in zip(linears, outs):
-                K.f16_linear(lin.weight, x, out=out)
+            K.f16_linear_fused([lin.weight for lin in linears], x, outs=list(outs))
             return
         if a.proj_norm_eps is not None:  # per-projection RMSNorm, then quantize (BitLinear.forward)
             if norm is not None:

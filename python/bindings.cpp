@@ -79,6 +79,16 @@ py::array float_out(py::object out, std::vector<int64_t> dims, const char* name 
     return a;
 }
 
+// `outs` of a fused call: empty for None, else a list of one entry per matrix.
+std::vector<py::object> list_of(py::object outs, size_t n) {
+    if (outs.is_none()) return {};
+    const auto given = outs.cast<std::vector<py::object>>();
+    if (given.size() != n)
+        throw py::value_error("outs: expected " + std::to_string(n) + " arrays (one per matrix), got " +
+                              std::to_string(given.size()));
+    return given;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -220,13 +230,7 @@ PYBIND11_MODULE(_kernels, m) {
             check<int8_t>(q, "q", {-1, k});
             const int64_t M = q.shape(0);
             check<float>(act_scale, "act_scale", {M});
-            std::vector<py::object> given;
-            if (!outs.is_none()) {
-                given = outs.cast<std::vector<py::object>>();
-                if (given.size() != packed.size())
-                    throw py::value_error("outs: expected " + std::to_string(packed.size()) +
-                                          " arrays (one per packed matrix), got " + std::to_string(given.size()));
-            }
+            const std::vector<py::object> given = list_of(outs, packed.size());
             std::vector<py::array> o;
             std::vector<TernaryProjection> proj;
             for (size_t i = 0; i < packed.size(); ++i) {
@@ -262,6 +266,32 @@ PYBIND11_MODULE(_kernels, m) {
             return o;
         },
         py::arg("w"), py::arg("x"), py::arg("out") = py::none());
+    m.def(
+        "f16_linear_fused",
+        [](std::vector<py::array> w, py::array x, py::object outs) {
+            if (w.empty()) throw py::value_error("w: expected at least one matrix");
+            check<float>(x, "x", {-1, -1});
+            const int64_t M = x.shape(0), K = x.shape(1);
+            const std::vector<py::object> given = list_of(outs, w.size());
+            std::vector<py::array> o;
+            std::vector<const uint16_t*> wp;
+            std::vector<int64_t> N;
+            std::vector<float*> op;
+            for (size_t i = 0; i < w.size(); ++i) {
+                const std::string wi = "w[" + std::to_string(i) + "]", oi = "outs[" + std::to_string(i) + "]";
+                check<uint16_t>(w[i], wi.c_str(), {-1, K});
+                N.push_back(w[i].shape(0));
+                o.push_back(float_out(given.empty() ? py::none() : given[i], {M, N.back()}, oi.c_str()));
+                wp.push_back(cst<uint16_t>(w[i]));
+                op.push_back(mut<float>(o.back()));
+            }
+            {
+                py::gil_scoped_release nogil;
+                f16_linear_fused(wp.data(), N.data(), int(w.size()), K, cst<float>(x), M, op.data());
+            }
+            return o;
+        },
+        py::arg("w"), py::arg("x"), py::arg("outs") = py::none());
     m.def(
         "int8_linear",
         [](py::array w, py::array row_scale, py::array x, py::object out) {

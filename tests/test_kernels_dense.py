@@ -52,6 +52,31 @@ def test_int8_linear_odd_sizes(isa, m):
             check_linear(kernels.int8_linear(w, s, x), x, w, s)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m", [1, 7])
+def test_f16_linear_fused_is_each_matrix(isa, threads, m):
+    """One fused call gives each matrix's f16_linear result bit for bit (odd row counts, so
+    thread chunks straddle matrices), into given buffers too; mismatched lists are refused."""
+    kernels.set_threads(threads)  # the isa fixture restores the count
+    for ns, k in (((31, 5, 200), 1003), ((2560, 640, 640), 256), ((1,), 3)):
+        r = rng(*ns, k, m, 9)
+        ws = [r.standard_normal((n, k)).astype(np.float16) for n in ns]
+        x = r.standard_normal((m, k)).astype(np.float32)
+        want = [kernels.f16_linear(w, x) for w in ws]
+        got = kernels.f16_linear_fused(ws, x)
+        assert len(got) == len(ns) and all(np.array_equal(g, w) for g, w in zip(got, want))
+        outs = [np.full((m, n), np.nan, np.float32) for n in ns]
+        back = kernels.f16_linear_fused(ws, x, outs=outs)
+        assert all(b is o and np.array_equal(o, w) for b, o, w in zip(back, outs, want))
+    w, x = np.zeros((4, 8), np.float16), np.zeros((2, 8), np.float32)
+    with pytest.raises(ValueError, match="outs: expected 2 arrays"):
+        kernels.f16_linear_fused([w, w], x, outs=[np.empty((2, 4), np.float32)])
+    with pytest.raises(ValueError, match=r"w\[1\]: expected dim 1 = 8, got shape \(4, 9\)"):
+        kernels.f16_linear_fused([w, np.zeros((4, 9), np.float16)], x)
+    with pytest.raises(ValueError, match="at least one matrix"):
+        kernels.f16_linear_fused([], x)
+
+
 def test_f16_special_values(isa):
     # Subnormal, largest finite, negative zero and exact integers survive the conversion.
     vals = np.array([6e-8, -6e-8, 6.1e-5, 65504.0, -65504.0, -0.0, 1.0, -2.0, 0.5, 1e-3], np.float16)
