@@ -68,14 +68,15 @@ T* mut(py::array& a) { return static_cast<T*>(a.mutable_data()); }
 template <typename T>
 const T* cst(const py::array& a) { return static_cast<const T*>(a.data()); }
 
-// Returns `out` checked, or a fresh float32 array of the given shape.
-py::array float_out(py::object out, std::vector<int64_t> dims, const char* name = "out") {
-    if (out.is_none()) return py::array_t<float>(std::vector<py::ssize_t>(dims.begin(), dims.end()));
+// Returns `out` checked (a writable C-contiguous T array of the given shape), or a fresh one.
+template <typename T = float>
+py::array out_array(py::object out, std::vector<int64_t> dims, const char* name = "out") {
+    if (out.is_none()) return py::array_t<T>(std::vector<py::ssize_t>(dims.begin(), dims.end()));
     if (!py::isinstance<py::array>(out))
         throw py::type_error(std::string(name) + ": expected a numpy array, got " +
                              std::string(py::str(py::type::of(out).attr("__name__"))));
     py::array a = py::reinterpret_borrow<py::array>(out);
-    check<float>(a, name, dims, true);
+    check<T>(a, name, dims, true);
     return a;
 }
 
@@ -153,10 +154,8 @@ PYBIND11_MODULE(_kernels, m) {
         [](py::array x, py::object q_out, py::object s_out) {
             check<float>(x, "x", {-1, -1});
             const int64_t M = x.shape(0), K = x.shape(1);
-            py::array q = q_out.is_none() ? py::array(py::array_t<int8_t>({M, K}))
-                                          : py::reinterpret_borrow<py::array>(q_out);
-            check<int8_t>(q, "q", {M, K}, true);
-            py::array s = float_out(s_out, {M}, "act_scale");
+            py::array q = out_array<int8_t>(q_out, {M, K}, "q");
+            py::array s = out_array(s_out, {M}, "act_scale");
             {
                 py::gil_scoped_release nogil;
                 quantize_rows(cst<float>(x), M, K, mut<int8_t>(q), mut<float>(s));
@@ -170,10 +169,8 @@ PYBIND11_MODULE(_kernels, m) {
             check<float>(x, "x", {-1, -1});
             const int64_t M = x.shape(0), K = x.shape(1);
             check<float>(weight, "weight", {K});
-            py::array q = q_out.is_none() ? py::array(py::array_t<int8_t>({M, K}))
-                                          : py::reinterpret_borrow<py::array>(q_out);
-            check<int8_t>(q, "q", {M, K}, true);
-            py::array s = float_out(s_out, {M}, "act_scale");
+            py::array q = out_array<int8_t>(q_out, {M, K}, "q");
+            py::array s = out_array(s_out, {M}, "act_scale");
             {
                 py::gil_scoped_release nogil;
                 rmsnorm_quantize_rows(cst<float>(x), cst<float>(weight), M, K, eps, mut<int8_t>(q),
@@ -205,7 +202,7 @@ PYBIND11_MODULE(_kernels, m) {
             check<int8_t>(q, "q", {-1, k});
             const int64_t N = packed.shape(0), M = q.shape(0);
             check<float>(act_scale, "act_scale", {M});
-            py::array o = float_out(out, {M, N});
+            py::array o = out_array(out, {M, N});
             {
                 py::gil_scoped_release nogil;
                 ternary_linear(f, cst<uint8_t>(packed), N, k, cst<int8_t>(q), cst<float>(act_scale),
@@ -238,7 +235,7 @@ PYBIND11_MODULE(_kernels, m) {
                 check<uint8_t>(packed[i], pi.c_str(), {-1, int64_t(row_bytes(f, k))});
                 const int64_t N = packed[i].shape(0);
                 const std::string oi = "outs[" + std::to_string(i) + "]";
-                o.push_back(float_out(given.empty() ? py::none() : given[i], {M, N}, oi.c_str()));
+                o.push_back(out_array(given.empty() ? py::none() : given[i], {M, N}, oi.c_str()));
                 proj.push_back({cst<uint8_t>(packed[i]), N, weight_scales[i], mut<float>(o.back())});
             }
             {
@@ -258,7 +255,7 @@ PYBIND11_MODULE(_kernels, m) {
             const int64_t N = w.shape(0), K = w.shape(1);
             check<float>(x, "x", {-1, K});
             const int64_t M = x.shape(0);
-            py::array o = float_out(out, {M, N});
+            py::array o = out_array(out, {M, N});
             {
                 py::gil_scoped_release nogil;
                 f16_linear(cst<uint16_t>(w), N, K, cst<float>(x), M, mut<float>(o));
@@ -281,7 +278,7 @@ PYBIND11_MODULE(_kernels, m) {
                 const std::string wi = "w[" + std::to_string(i) + "]", oi = "outs[" + std::to_string(i) + "]";
                 check<uint16_t>(w[i], wi.c_str(), {-1, K});
                 N.push_back(w[i].shape(0));
-                o.push_back(float_out(given.empty() ? py::none() : given[i], {M, N.back()}, oi.c_str()));
+                o.push_back(out_array(given.empty() ? py::none() : given[i], {M, N.back()}, oi.c_str()));
                 wp.push_back(cst<uint16_t>(w[i]));
                 op.push_back(mut<float>(o.back()));
             }
@@ -300,7 +297,7 @@ PYBIND11_MODULE(_kernels, m) {
             check<float>(row_scale, "row_scale", {N});
             check<float>(x, "x", {-1, K});
             const int64_t M = x.shape(0);
-            py::array o = float_out(out, {M, N});
+            py::array o = out_array(out, {M, N});
             {
                 py::gil_scoped_release nogil;
                 int8_linear(cst<int8_t>(w), cst<float>(row_scale), N, K, cst<float>(x), M, mut<float>(o));
@@ -315,7 +312,7 @@ PYBIND11_MODULE(_kernels, m) {
             check<float>(x, "x", {-1, -1});
             const int64_t M = x.shape(0), K = x.shape(1);
             check<float>(weight, "weight", {K});
-            py::array o = float_out(out, {M, K});
+            py::array o = out_array(out, {M, K});
             {
                 py::gil_scoped_release nogil;
                 rmsnorm(cst<float>(x), cst<float>(weight), M, K, eps, mut<float>(o));
@@ -345,7 +342,7 @@ PYBIND11_MODULE(_kernels, m) {
                 throw py::value_error("attention: positions " + std::to_string(pos0) + ".." +
                                       std::to_string(pos0 + T) + " exceed the cache (" +
                                       std::to_string(C) + ")");
-            py::array o = float_out(out, {T, Hq, D});
+            py::array o = out_array(out, {T, Hq, D});
             {
                 py::gil_scoped_release nogil;
                 attention(cst<float>(q), T, Hq, D, cst<float>(k_cache), cst<float>(v_cache), Hkv, C,
