@@ -29,16 +29,16 @@ void ternary_matmul_i32(Format fmt, const uint8_t* packed, int64_t N, int64_t K,
 
 namespace {
 
-// Runs fn(i, n0, n1) over rows [n0, n1) of matrix i, for nproj matrices of rows[i] rows split
+// Runs fn(i, n0, n1) over rows [n0, n1) of matrix i, for nproj matrices of rows(i) rows split
 // over the pool as if concatenated (a chunk may span matrices).
-template <typename Fn>
-void parallel_rows_fused(const int64_t* rows, int nproj, int64_t cost_per_row, Fn&& fn) {
+template <typename Rows, typename Fn>
+void parallel_rows_fused(int nproj, Rows&& rows, int64_t cost_per_row, Fn&& fn) {
     int64_t total = 0;
-    for (int i = 0; i < nproj; ++i) total += rows[i];
+    for (int i = 0; i < nproj; ++i) total += rows(i);
     parallel_rows(total, kRowAlign, cost_per_row, [&](int64_t n0, int64_t n1) {
         int64_t first = 0;
-        for (int i = 0; i < nproj && first < n1; first += rows[i], ++i) {
-            const int64_t a = std::max(n0, first) - first, b = std::min(n1, first + rows[i]) - first;
+        for (int i = 0; i < nproj && first < n1; first += rows(i), ++i) {
+            const int64_t a = std::max(n0, first) - first, b = std::min(n1, first + rows(i)) - first;
             if (a < b) fn(i, a, b);
         }
     });
@@ -67,10 +67,8 @@ void ternary_linear_rows(const KernelTable& kt, Format fmt, const TernaryProject
 void ternary_linear_fused(Format fmt, const TernaryProjection* proj, int nproj, int64_t K,
                           const int8_t* q, const float* act_scale, int64_t M, bool divide) {
     const KernelTable& kt = active_kernels();
-    std::vector<int64_t> rows(static_cast<size_t>(nproj));
-    for (int i = 0; i < nproj; ++i) rows[size_t(i)] = proj[i].N;
     const int64_t cost = std::max<int64_t>(1, K * M / 8);
-    parallel_rows_fused(rows.data(), nproj, cost, [&](int i, int64_t a, int64_t b) {
+    parallel_rows_fused(nproj, [&](int i) { return proj[i].N; }, cost, [&](int i, int64_t a, int64_t b) {
         ternary_linear_rows(kt, fmt, proj[i], K, q, act_scale, M, divide, a, b);
     });
 }
@@ -85,7 +83,8 @@ void ternary_linear(Format fmt, const uint8_t* packed, int64_t N, int64_t K, con
 void f16_linear_fused(const uint16_t* const* w, const int64_t* N, int nproj, int64_t K,
                       const float* x, int64_t M, float* const* out) {
     const KernelTable& kt = active_kernels();
-    parallel_rows_fused(N, nproj, std::max<int64_t>(1, K * M), [&](int i, int64_t a, int64_t b) {
+    const int64_t cost = std::max<int64_t>(1, K * M);
+    parallel_rows_fused(nproj, [&](int i) { return N[i]; }, cost, [&](int i, int64_t a, int64_t b) {
         kt.f16_rows(w[i], K, a, b, x, M, out[i], N[i]);
     });
 }
