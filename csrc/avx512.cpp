@@ -19,8 +19,10 @@
 // K); planes past K hold only padding (zero weights) and are skipped.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "dense.h"
 #include "ternary.h"
@@ -36,7 +38,7 @@ namespace {
 // ~8 cycles per row and plane) from them on: where the measured costs cross.
 constexpr int64_t kGemmMinTokensT2 = 6;
 constexpr int64_t kGemmMinTokensT1 = 3;
-constexpr int64_t kGemvMaxTokens = 5;
+constexpr int64_t kGemvMaxTokens = std::max(kGemmMinTokensT2, kGemmMinTokensT1) - 1;
 constexpr int kRows = 4;               // rows per pass (GEMV and GEMM tiles)
 constexpr int kTokens = 4;             // tokens per GEMM tile: 4x4 accumulators + 8 mask vectors
 
@@ -212,24 +214,36 @@ inline void t2_gemv_token(const uint8_t* const* w, size_t rb, int64_t K, const i
     store_sums<R>(s, kExact ? corr : zero, out);
 }
 
-// exact[m]: token m holds -128.
-template <int R>
-__attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, int64_t K, int64_t n,
-                                            const int8_t* q, int64_t ldq, int64_t M, const bool* exact,
-                                            int32_t* acc, int64_t ldc) {
+// Every token m of rows n .. n+R-1: token(kExact, w, a, count, corr, out) with kExact a
+// std::integral_constant<bool, exact[m]> (token m holds -128). corr: the rows' -1 counts, which
+// the first exact token takes (count = true) and later ones reuse.
+template <int R, typename Token>
+inline void gemv_rows(const uint8_t* packed, size_t rb, int64_t n, const int8_t* q, int64_t ldq,
+                      int64_t M, const bool* exact, int32_t* acc, int64_t ldc, Token&& token) {
     const uint8_t* w[R];
     for (int r = 0; r < R; ++r) w[r] = packed + (n + r) * int64_t(rb);
-    int32_t corr[R] = {};  // -1 weights per row (a +1 bit wins over a -1 bit), once needed
+    int32_t corr[R] = {};
     bool counted = false;
     for (int64_t m = 0; m < M; ++m) {
         const int8_t* a = q + m * ldq;
         if (exact[m]) {
-            t2_gemv_token<R, true>(w, rb, K, a, !counted, corr, acc + m * ldc + n);
+            token(std::true_type{}, w, a, !counted, corr, acc + m * ldc + n);
             counted = true;
         } else {
-            t2_gemv_token<R, false>(w, rb, K, a, false, corr, acc + m * ldc + n);
+            token(std::false_type{}, w, a, false, corr, acc + m * ldc + n);
         }
     }
+}
+
+template <int R>
+__attribute__((noinline)) void t2_gemv_rows(const uint8_t* packed, size_t rb, int64_t K, int64_t n,
+                                            const int8_t* q, int64_t ldq, int64_t M, const bool* exact,
+                                            int32_t* acc, int64_t ldc) {
+    gemv_rows<R>(packed, rb, n, q, ldq, M, exact, acc, ldc,
+                 [&](auto kExact, const uint8_t* const* w, const int8_t* a, bool count,
+                     int32_t* corr, int32_t* out) {
+                     t2_gemv_token<R, decltype(kExact)::value>(w, rb, K, a, count, corr, out);
+                 });
 }
 
 template <int R, bool kExact>
@@ -276,19 +290,11 @@ template <int R>
 __attribute__((noinline)) void t1_gemv_rows(const T1Decoder& dec, const uint8_t* packed, size_t rb,
                                             int64_t K, int64_t n, const int8_t* q, int64_t ldq,
                                             int64_t M, const bool* exact, int32_t* acc, int64_t ldc) {
-    const uint8_t* w[R];
-    for (int r = 0; r < R; ++r) w[r] = packed + (n + r) * int64_t(rb);
-    int32_t corr[R] = {};
-    bool counted = false;
-    for (int64_t m = 0; m < M; ++m) {
-        const int8_t* a = q + m * ldq;
-        if (exact[m]) {
-            t1_gemv_token<R, true>(dec, w, rb, K, a, !counted, corr, acc + m * ldc + n);
-            counted = true;
-        } else {
-            t1_gemv_token<R, false>(dec, w, rb, K, a, false, corr, acc + m * ldc + n);
-        }
-    }
+    gemv_rows<R>(packed, rb, n, q, ldq, M, exact, acc, ldc,
+                 [&](auto kExact, const uint8_t* const* w, const int8_t* a, bool count,
+                     int32_t* corr, int32_t* out) {
+                     t1_gemv_token<R, decltype(kExact)::value>(dec, w, rb, K, a, count, corr, out);
+                 });
 }
 
 // ---------------------------------------------------------------------------------------------
