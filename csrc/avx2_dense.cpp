@@ -89,6 +89,7 @@ namespace ternary {
 void add_dense_kernels_avx2(KernelTable& k) {
     k.f16_rows = dense::f16_rows<V256>;
     k.int8_rows = dense::int8_rows<V256>;
+    k.q4_rows = q4_rows_avx2;
     k.attention_chunk = dense::attention_chunk<V256>;
 }
 

@@ -73,6 +73,7 @@ namespace ternary {
 void add_dense_kernels_avx512(KernelTable& k) {
     k.f16_rows = dense::f16_rows<V512>;
     k.int8_rows = dense::int8_rows<V512>;
+    k.q4_rows = q4_rows_avx512;
     k.attention_chunk = dense::attention_chunk<V512>;
 }
 

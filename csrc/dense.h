@@ -1,5 +1,5 @@
 // Dense (non-ternary) kernels: fp16 / int8 weight rows with float32 activations (the fp16
-// baseline and a quantized lm_head), the attention chunk kernel, and the DRAM bandwidth probe
+// baseline and a quantized lm_head), the Q4 lm_head rows, the attention chunk kernel, and the DRAM bandwidth probe
 // the benchmarks compare against. Signatures match the KernelTable entries in ternary.h.
 #pragma once
 #include <cstddef>
@@ -14,6 +14,11 @@ namespace ternary {
 // that ISA's *_kernels() so new dense entries never touch the ternary kernel files.
 void add_dense_kernels_avx512(KernelTable& k);  // avx512_dense.cpp
 void add_dense_kernels_avx2(KernelTable& k);    // avx2_dense.cpp
+// KernelTable::q4_rows (the Q4 lm_head), set by add_dense_kernels_*.
+void q4_rows_avx512(const uint8_t* packed, const int16_t* sub, int64_t K, int64_t n0, int64_t n1,
+                    const int8_t* q, const int16_t* qsum, int64_t M, int32_t* acc, int64_t ldc);
+void q4_rows_avx2(const uint8_t* packed, const int16_t* sub, int64_t K, int64_t n0, int64_t n1,
+                  const int8_t* q, const int16_t* qsum, int64_t M, int32_t* acc, int64_t ldc);
 #endif
 
 // GB/s of a plain sequential read of an nbytes buffer (allocated and touched once, then read

@@ -1,5 +1,6 @@
 // NEON kernels (aarch64, where NEON is baseline): ternary T2/T1 matmul by select + add, and
-// quantize_row. Layouts: ternary.h. f16_rows and int8_rows stay the reference's.
+// quantize_row, and the Q4 lm_head rows. Layouts: ternary.h. f16_rows and int8_rows stay the
+// reference's.
 //
 // Multiplication-free core, per 16 weights of a row against 16 int8 activations x:
 //   bit masks -> byte masks: the 64-bit mask duplicated into a register, tbl puts byte i/8 in
@@ -440,6 +441,45 @@ float quantize_row_neon(const float* x, int64_t K, int8_t* q) {
     return scale;
 }
 
+// Q4 lm_head rows (contract: KernelTable::q4_rows). Per group of 128 and row: 4 x 16 bytes of
+// nibbles u = w + 8; widening multiply-accumulates into int16 (16 products per lane, at most
+// 16 * 15 * 128 = 30720), then one int16 x sub-scale multiply-accumulate into int32. Each row
+// ends by subtracting 8 * sum_g sub[g] * qsum[g]. Integer throughout: the reference's int32.
+int32_t q4_row_neon(const uint8_t* w, const int16_t* sub, int64_t G, const int8_t* a,
+                    const int16_t* qsum) {
+    const uint8x16_t nib = vdupq_n_u8(0x0F);
+    int32x4_t acc = vdupq_n_s32(0);
+    uint32_t offset = 0;
+    for (int64_t g = 0; g < G; ++g) {
+        const uint8_t* p = w + g * kQ4GroupBytes;
+        const int8_t* ag = a + g * kQ4Group;
+        int16x8_t s = vdupq_n_s16(0);
+        for (int i = 0; i < 4; ++i) {
+            const uint8x16_t b = vld1q_u8(p + 16 * i);
+            const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(b, nib));   // weights 16i ..
+            const int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(b, 4));   // weights 64 + 16i ..
+            const int8x16_t a_lo = vld1q_s8(ag + 16 * i), a_hi = vld1q_s8(ag + 64 + 16 * i);
+            s = vmlal_s8(s, vget_low_s8(lo), vget_low_s8(a_lo));
+            s = vmlal_high_s8(s, lo, a_lo);
+            s = vmlal_s8(s, vget_low_s8(hi), vget_low_s8(a_hi));
+            s = vmlal_high_s8(s, hi, a_hi);
+        }
+        acc = vmlal_n_s16(acc, vget_low_s16(s), sub[g]);
+        acc = vmlal_high_n_s16(acc, s, sub[g]);
+        offset += uint32_t(int32_t(sub[g]) * qsum[g]);
+    }
+    return int32_t(uint32_t(vaddvq_s32(acc)) - 8u * offset);
+}
+
+void q4_rows_neon(const uint8_t* packed, const int16_t* sub, int64_t K, int64_t n0, int64_t n1,
+                  const int8_t* q, const int16_t* qsum, int64_t M, int32_t* acc, int64_t ldc) {
+    const int64_t G = K / kQ4Group;
+    for (int64_t n = n0; n < n1; ++n)
+        for (int64_t m = 0; m < M; ++m)
+            acc[m * ldc + n] = q4_row_neon(packed + n * G * kQ4GroupBytes, sub + n * G, G, q + m * K,
+                                           qsum + m * G);
+}
+
 }  // namespace
 
 const KernelTable& neon_kernels() {
@@ -449,6 +489,7 @@ const KernelTable& neon_kernels() {
         k.ternary_t2 = ternary_t2_neon;
         k.ternary_t1 = ternary_t1_neon;
         k.quantize_row = quantize_row_neon;
+        k.q4_rows = q4_rows_neon;
         return k;
     }();
     return t;

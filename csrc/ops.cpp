@@ -101,6 +101,37 @@ void int8_linear(const int8_t* w, const float* row_scale, int64_t N, int64_t K, 
     });
 }
 
+void q4_linear(const uint8_t* packed, const int16_t* sub, const float* row_scale, int64_t N,
+               int64_t K, const float* x, int64_t M, float* out) {
+    const KernelTable& kt = active_kernels();
+    const int64_t G = (K + kQ4Group - 1) / kQ4Group, Kp = G * kQ4Group;
+    // Tokens quantized as the ternary linears' (absmax per token), zero-padded to whole groups,
+    // with their per-group sums (|sum| <= 128 * 128 fits int16) for the kernels' u - 8 offset.
+    std::vector<int8_t> q(static_cast<size_t>(M * Kp), 0);
+    std::vector<int16_t> qsum(static_cast<size_t>(M * G));
+    std::vector<float> act_scale(static_cast<size_t>(M));
+    for (int64_t m = 0; m < M; ++m) {
+        act_scale[m] = kt.quantize_row(x + m * K, K, q.data() + m * Kp);
+        for (int64_t g = 0; g < G; ++g) {
+            int32_t sum = 0;
+            for (int64_t k = 0; k < kQ4Group; ++k) sum += q[m * Kp + g * kQ4Group + k];
+            qsum[m * G + g] = int16_t(sum);
+        }
+    }
+    int32_t* acc = reinterpret_cast<int32_t*>(out);  // int32 accumulators in place, then floats
+    parallel_rows(N, kRowAlign, std::max<int64_t>(1, Kp * M / 4), [&](int64_t n0, int64_t n1) {
+        kt.q4_rows(packed, sub, Kp, n0, n1, q.data(), qsum.data(), M, acc, N);
+        for (int64_t m = 0; m < M; ++m) {
+            for (int64_t n = n0; n < n1; ++n) {
+                int32_t a;
+                std::memcpy(&a, out + m * N + n, sizeof a);
+                const float y = float(a) / act_scale[m] * row_scale[n];
+                std::memcpy(out + m * N + n, &y, sizeof y);
+            }
+        }
+    });
+}
+
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* act_scale) {
     const KernelTable& kt = active_kernels();
     parallel_rows(M, 1, K, [&](int64_t m0, int64_t m1) {

@@ -117,6 +117,29 @@ void int8_rows_ref(const int8_t* w, const float* row_scale, int64_t K, int64_t n
     }
 }
 
+void q4_rows_ref(const uint8_t* packed, const int16_t* sub, int64_t K, int64_t n0, int64_t n1,
+                 const int8_t* q, const int16_t* qsum, int64_t M, int32_t* acc, int64_t ldc) {
+    (void)qsum;  // the reference subtracts the 8 per weight directly
+    const int64_t G = K / kQ4Group;
+    for (int64_t n = n0; n < n1; ++n) {
+        const uint8_t* row = packed + n * G * kQ4GroupBytes;
+        for (int64_t m = 0; m < M; ++m) {
+            const int8_t* a = q + m * K;
+            int64_t sum = 0;
+            for (int64_t g = 0; g < G; ++g) {
+                int64_t dot = 0;
+                for (int j = 0; j < kQ4GroupBytes; ++j) {
+                    const uint8_t b = row[g * kQ4GroupBytes + j];
+                    dot += int64_t((b & 15) - 8) * a[g * kQ4Group + j];
+                    dot += int64_t((b >> 4) - 8) * a[g * kQ4Group + 64 + j];
+                }
+                sum += dot * sub[n * G + g];
+            }
+            acc[m * ldc + n] = int32_t(uint32_t(uint64_t(sum)));  // in range by kQ4MaxK
+        }
+    }
+}
+
 float quantize_row_ref(const float* x, int64_t K, int8_t* q) {
     float amax = 0.f;
     for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
@@ -133,7 +156,7 @@ float quantize_row_ref(const float* x, int64_t K, int8_t* q) {
 
 const KernelTable& ref_kernels() {
     static const KernelTable t{"ref", ternary_t2_ref, ternary_t1_ref, f16_rows_ref, int8_rows_ref,
-                               quantize_row_ref};
+                               q4_rows_ref, quantize_row_ref};
     return t;
 }
 

@@ -25,6 +25,14 @@
 //
 //   Bytes the packer never writes decode as in the reference on every ISA: a T2 weight with both
 //   bits set is +1; a T1 code 243..255 is read by the same base-3 rule (as code - 243).
+//
+// Q4 lm_head (4.25 bits/weight; the output head is not ternary, but it is ~40 % of a small
+// ternary model's decode bytes at int8): rows of K weights in groups of 128,
+//      w[n, k] ~= row_scale[n] * sub[n, g] * (u[n, k] - 8),   g = k / 128, u in 0..15,
+//   packed [N, 64 G]: byte j (0..63) of group g = u[128 g + j] | u[128 g + 64 + j] << 4
+//   sub    int16 [N, G], 0..kQ4MaxSub;  row_scale float [N].
+//   The kernel output is exact int32: acc[m, n] = sum_g sub[n, g] * sum_{k in g} (u - 8) q[m, k]
+//   (K <= kQ4MaxK keeps it inside int32); the float row_scale / act_scale is the caller's.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -52,6 +60,12 @@ static_assert(kT1BlockBytes * kT1DigitsPerByte == kT1BlockWeights, "5 weights pe
 static_assert(243 <= 256, "3^5 codes fit in a byte");
 
 enum class Format { T2 = 0, T1 = 1 };
+
+constexpr int kQ4Group = 128;
+constexpr int kQ4GroupBytes = 64;
+constexpr int kQ4MaxSub = 127;
+// |acc| <= (K / 128) * 127 * 128 * 8 * 128: inside int32 for K <= 16384 (hidden sizes to 16k).
+constexpr int64_t kQ4MaxK = 16384;
 
 // Bytes of one packed row of k weights.
 size_t row_bytes(Format fmt, int64_t k);
@@ -87,6 +101,10 @@ struct KernelTable {
     // out[m, n] = row_scale[n] * sum_k x[m, k] * w[n, k]; w int8 [N, K].
     void (*int8_rows)(const int8_t* w, const float* row_scale, int64_t K, int64_t n0, int64_t n1,
                       const float* x, int64_t M, float* out, int64_t ldc);
+    // Q4 head rows (layout above), K a multiple of 128 (G = K / 128): acc[m, n] (row stride ldc)
+    // for n in [n0, n1); q int8 [M, K] (row stride K), qsum int16 [M, G] = sums of q per group.
+    void (*q4_rows)(const uint8_t* packed, const int16_t* sub, int64_t K, int64_t n0, int64_t n1,
+                    const int8_t* q, const int16_t* qsum, int64_t M, int32_t* acc, int64_t ldc);
 
     // One row of absmax int8 quantization: scale = 127 / max(max|x|, 1e-5);
     // q = clamp(rint(x * scale), -128, 127). Returns scale.
@@ -153,6 +171,10 @@ void f16_linear_fused(const uint16_t* const* w, const int64_t* N, int nproj, int
                       const float* x, int64_t M, float* const* out);
 void int8_linear(const int8_t* w, const float* row_scale, int64_t N, int64_t K,
                  const float* x, int64_t M, float* out);
+// out[m, n] = q4 row n . int8(x[m]) / act_scale[m] * row_scale[n]: x f32 [M, K] quantized per
+// token (absmax, as the ternary linears), K <= kQ4MaxK; packed / sub hold ceil(K / 128) groups.
+void q4_linear(const uint8_t* packed, const int16_t* sub, const float* row_scale, int64_t N,
+               int64_t K, const float* x, int64_t M, float* out);
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* act_scale);
 void rmsnorm_quantize_rows(const float* x, const float* weight, int64_t M, int64_t K, float eps,
                            int8_t* q, float* act_scale);

@@ -3,7 +3,7 @@
     ternary-bench                              # synthetic bitnet-2b shape, t2/t1/f16, threads 1..all
     ternary-bench model.tpk                    # a real model (its other formats made and cached)
     ternary-bench default                      # the embedded default model
-    ternary-bench --shape bitnet-700m,bitnet-2b --lm-head f16,int8 --json out.json --plot out.png
+    ternary-bench --shape bitnet-700m,bitnet-2b --lm-head f16,q4 --json out.json --plot out.png
 
 What one run does, per model:
 1. Makes (or finds in the cache) the model in every format asked for: synthetic shapes come from
@@ -13,8 +13,8 @@ What one run does, per model:
    - kernels: for every distinct linear shape of the model (and the lm_head) one GEMV (M=1),
      one small GEMM (M=19, odd) over all rows, and one GEMM at the largest prefill length over
      the first 128 rows, with the active ISA at the largest thread count against the 'ref' ISA:
-     ternary int32 accumulators must be identical; f16 / int8 outputs within 1e-4 of
-     sum|x||w| (float sums in another order);
+     ternary int32 accumulators and q4 head outputs must be identical; f16 / int8 outputs
+     within 1e-4 of sum|x||w| (float sums in another order);
    - the model: T1 logits must equal T2 logits bit for bit (same integers, same epilogue); f16
      logits are reported as a relative difference (f16 does not quantize activations).
 3. Times, alternating formats (the order rotates every repetition) inside each repetition and
@@ -71,7 +71,7 @@ VALIDATE_GEMM_M = 19            # odd: exercises the GEMM kernels' row-tile rema
 VALIDATE_SLICE_ROWS = 128       # rows checked at the largest prefill length
 OVERHEAD_STEPS = 32
 COMPUTE_KERNELS = ("ternary_linear", "ternary_linear_fused", "ternary_matmul_i32", "f16_linear",
-                   "f16_linear_fused", "int8_linear", "quantize_rows", "rmsnorm_quantize_rows",
+                   "f16_linear_fused", "int8_linear", "q4_linear", "quantize_rows", "rmsnorm_quantize_rows",
                    "rmsnorm", "rope_neox", "attention")
 
 
@@ -111,7 +111,7 @@ def weight_stats(t, config) -> dict:
     lin = sum(t[f"{p}.weight"].nbytes + (t[f"{p}.scale"].nbytes if f"{p}.scale" in t else 0)
               for p in shapes)
     if "lm_head.weight" in t:
-        head = t["lm_head.weight"].nbytes + (t["lm_head.scale"].nbytes if "lm_head.scale" in t else 0)
+        head = sum(a.nbytes for name, a in t.items() if name.startswith("lm_head."))
     else:
         head = t["embed"].nbytes
     return dict(linear_weights=n_weights, linear_bytes=lin, head_bytes=head,
@@ -182,6 +182,15 @@ def validate_kernels(t, config, m_large: int, threads: int, seed: int = 0) -> di
                         bad = np.argwhere(out[active] != out["ref"])[0]
                         raise BenchError(f"{name} ({fmt} {rows}x{k}, M={m}): {active} differs from "
                                          f"ref at {tuple(int(x) for x in bad)}")
+                elif "lm_head.sub" in t and name == "lm_head.weight":  # q4: integer, bit for bit
+                    x = rng.standard_normal((m, k), dtype=np.float32)
+                    out = {}
+                    for isa in (active, "ref"):
+                        kernels.set_isa(isa)
+                        out[isa] = kernels.q4_linear(wr, t["lm_head.sub"][:rows],
+                                                     t["lm_head.scale"][:rows], x)
+                    if not np.array_equal(out[active], out["ref"]):
+                        raise BenchError(f"{name} (q4 {rows}x{k}, M={m}): {active} differs from ref")
                 else:
                     x = rng.standard_normal((m, k), dtype=np.float32)
                     out = {}
@@ -594,8 +603,11 @@ class ModelRun:
     dram: dict = field(default_factory=dict)       # threads -> [GB/s]
 
 
+HEAD_TAGS = {"f16": "", "int8": "i8", "q4": "q4"}  # lm_head format -> label suffix ("t2/q4")
+
+
 def _variant_label(fmt: str, head: str) -> str:
-    return fmt if head == "f16" or fmt == "f16" else f"{fmt}/i8"
+    return fmt if head == "f16" or fmt == "f16" else f"{fmt}/{HEAD_TAGS[head]}"
 
 
 def resolve_models(args) -> list[tuple[str, str, str]]:
@@ -606,8 +618,8 @@ def resolve_models(args) -> list[tuple[str, str, str]]:
         if f not in ("t2", "t1", "f16"):
             raise BenchError(f"unknown format {f!r} (expected t2, t1, f16)")
     for h in heads:
-        if h not in ("f16", "int8"):
-            raise BenchError(f"unknown --lm-head {h!r} (expected f16, int8)")
+        if h not in HEAD_TAGS:
+            raise BenchError(f"unknown --lm-head {h!r} (expected {', '.join(HEAD_TAGS)})")
     combos = []
     for f in formats:
         for h in (heads if f != "f16" else ["f16"]):
@@ -964,7 +976,7 @@ def parse_args(argv):
                         "tiny, bitnet-700m, bitnet-2b, llama3-8b (default: bitnet-2b)")
     p.add_argument("--formats", default="t2,t1,f16", help="weight formats (default: t2,t1,f16)")
     p.add_argument("--lm-head", default="f16",
-                   help="lm_head format(s) of the ternary models, f16 and/or int8 (default: f16; "
+                   help="lm_head format(s) of the ternary models, f16, int8 and/or q4 (default: f16; "
                         "the f16 model always keeps an f16 head)")
     p.add_argument("--threads", default=None, help="thread counts (default: 1..physical cores)")
     p.add_argument("--pp", default="128,512", help="prefill lengths (default: 128,512; '' for none)")

@@ -1,6 +1,6 @@
 """ternary-convert: Hugging Face checkpoints and GGUF files -> .tpk (docs/CONTRACTS.md).
 
-    ternary-convert SRC -o model.tpk [--weights t2|t1] [--dtype f16] [--lm-head f16|int8]
+    ternary-convert SRC -o model.tpk [--weights t2|t1] [--dtype f16] [--lm-head f16|int8|q4]
                                      [--scale absmean|absmedian]
 
 SRC kinds (../shared/FORMATS.md), told apart by config.json and the tensor names:
@@ -42,11 +42,12 @@ import sys
 
 import numpy as np
 
-from engine import tpk
+from engine import q4, tpk
 from engine.tpk import TpkError
 
 CHUNK_ELEMS = 1 << 22   # elements per row chunk of float work: stays in L2/L3, not a full copy
 DEFAULT_THETA = {"bitnet": 500000.0, "llama": 10000.0}
+LM_HEADS = ("f16", "int8", "q4")  # --lm-head choices (engine/q4.py: the q4 layout)
 HF_PROJ = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
            "attn.o": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
            "mlp.down": "mlp.down_proj"}
@@ -480,6 +481,18 @@ def _int8_rows(t):
     return q, scale
 
 
+def _q4_rows(t):
+    """The Q4 head tensors (engine/q4.py) of t, a chunk of rows at a time."""
+    n, k = t.shape
+    g = q4.groups(k)
+    out = (np.empty((n, g * q4.GROUP // 2), np.uint8), np.empty((n, g), np.int16),
+           np.empty(n, np.float32))
+    for rows in t.row_chunks():
+        for dst, part in zip(out, q4.quantize(t.f32(rows))):
+            dst[rows] = part
+    return dict(zip(("lm_head.weight", "lm_head.sub", "lm_head.scale"), out))
+
+
 def _kernels():
     try:
         from engine import kernels
@@ -496,8 +509,8 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
         raise ConvertError("--dtype f16 and --weights exclude each other (fp16 model or ternary model)")
     if weights not in (None, "t2", "t1"):
         raise ConvertError(f"--weights {weights!r}: expected t2 or t1")
-    if lm_head not in ("f16", "int8"):
-        raise ConvertError(f"--lm-head {lm_head!r}: expected f16 or int8")
+    if lm_head not in LM_HEADS:
+        raise ConvertError(f"--lm-head {lm_head!r}: expected one of {', '.join(LM_HEADS)}")
     if scale not in ("absmean", "absmedian"):
         raise ConvertError(f"--scale {scale!r}: expected absmean or absmedian")
     if not os.path.exists(src):
@@ -534,6 +547,8 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
             head = vectors.get("lm_head", vectors["embed"])
             if lm_head == "int8":
                 return dict(zip(("lm_head.weight", "lm_head.scale"), _int8_rows(head)))
+            if lm_head == "q4":
+                return _q4_rows(head)
             return _f16(head, name)
         prefix, _, leaf = name.rpartition(".")
         if prefix in linears:
@@ -604,8 +619,10 @@ def build_parser():
                         "t1 (1.6 bits/weight, 20%% smaller); on a plain float model: ternarize it")
     p.add_argument("--dtype", choices=("f16",),
                    help="write an fp16 model instead (the baseline; ternary weights are dequantized)")
-    p.add_argument("--lm-head", choices=("f16", "int8"), default="f16",
-                   help="output head: f16 (default) or int8 with one scale per vocabulary row")
+    p.add_argument("--lm-head", choices=LM_HEADS, default="f16",
+                   help="output head: f16 (default), int8 with one scale per vocabulary row, or q4 "
+                        "(4.25 bits/weight: groups of 128 with integer sub-scales; the smallest "
+                        "decode step, at some accuracy)")
     p.add_argument("--scale", choices=("absmean", "absmedian"), default="absmean",
                    help="ternary scale for full-precision weights: mean|W| (default) or median|W|")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -14,6 +14,7 @@ from engine._kernels import (  # noqa: F401  (the public kernel API)
     int8_linear,
     pack,
     physical_cores,
+    q4_linear,
     quantize_rows,
     rmsnorm,
     rmsnorm_quantize_rows,

@@ -120,6 +120,22 @@ def rows(b: SimpleNamespace, t: int) -> SimpleNamespace:
                               for k, v in vars(b).items()})
 
 
+def head_linear(t: dict, embed: np.ndarray):
+    """The lm_head as fn(x f32 [T, dim], out f32 [T, vocab]), by the tensors the file holds."""
+    w = t.get("lm_head.weight")
+    if "lm_head.sub" in t:                                  # q4: engine/q4.py
+        sub, scale = t["lm_head.sub"], t["lm_head.scale"]
+        return lambda x, out: K.q4_linear(w, sub, scale, x, out=out)
+    if "lm_head.scale" in t:                                # int8, one scale per row
+        scale = t["lm_head.scale"]
+        return lambda x, out: K.int8_linear(w, scale, x, out=out)
+    if w is None:
+        if embed.dtype != np.float16:
+            raise ValueError("tied head needs an f16 embed or an lm_head.weight tensor")
+        w = embed                                           # tied
+    return lambda x, out: K.f16_linear(w, x, out=out)
+
+
 class Model:
     def __init__(self, tpk, threads: int | None = None, ctx: int | None = None):
         if isinstance(tpk, (str, os.PathLike)):
@@ -134,12 +150,7 @@ class Model:
         self.embed = t["embed"]                                          # f16/f32 [vocab, dim]
         self.layers = [Layer(t, i, a) for i in range(a.n_layers)]
         self.norm = t["norm"]                                            # f32 [dim]
-        if "lm_head.weight" in t:
-            self.head, self.head_scale = t["lm_head.weight"], t.get("lm_head.scale")  # [vocab, dim]
-        elif self.embed.dtype == np.float16:
-            self.head, self.head_scale = self.embed, None                # tied
-        else:
-            raise ValueError("tied head needs an f16 embed or an lm_head.weight tensor")
+        self.head_linear = head_linear(t, self.embed)                   # (x [T, dim], out [T, vocab])
         self.cos, self.sin = rope_tables(a.head_dim, a.rope_theta, self.ctx)  # f32 [ctx, D/2]
         self.cache = KVCache(a.n_layers, a.n_kv_heads, self.ctx, a.head_dim)
         self.ternary, self.divide = a.weight_format != "f16", a.scale_mode == "div"
@@ -214,10 +225,7 @@ class Model:
     def _head(self, h, out, b) -> None:
         """out f32 [T, vocab] = lm_head(rmsnorm(h)), h f32 [T, dim]."""
         x = K.rmsnorm(h, self.norm, self.args.norm_eps, out=b.norm[self.args.dim][:h.shape[0]])
-        if self.head_scale is not None:
-            K.int8_linear(self.head, self.head_scale, x, out=out)
-        else:
-            K.f16_linear(self.head, x, out=out)
+        self.head_linear(x, out)
 
     # -- public ------------------------------------------------------------------------------
     def step(self, token: int, pos: int) -> np.ndarray:

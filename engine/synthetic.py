@@ -9,7 +9,7 @@ weights dequantized, w * scale: the fp16 baseline of the same model). All use ar
     path = synthetic.ensure("bitnet-2b", "t2")            # cached .tpk path, made if missing
     path = synthetic.ensure("bitnet-2b", "t2", lm_head="int8")
 
-Files are cached in ~/.cache/ternary-engine/synthetic/<shape>-<fmt>[-lm_int8].tpk
+Files are cached in ~/.cache/ternary-engine/synthetic/<shape>-<fmt>[-lm_int8|-lm_q4].tpk
 ($TERNARY_ENGINE_CACHE overrides the root) and remade when the generator or seed changed
 (config["synthetic"] records both). Writing streams one tensor at a time, so making the 8B f16
 file holds one tensor in memory, not the model. Every tensor is drawn from its own seed
@@ -34,11 +34,11 @@ import zlib
 
 import numpy as np
 
-from engine import kernels, tpk
+from engine import kernels, q4, tpk
 
 GENERATOR_VERSION = 1
 FORMATS = ("t2", "t1", "f16")
-LM_HEADS = ("f16", "int8")
+LM_HEADS = ("f16", "int8", "q4")
 
 _COMMON = dict(rms_norm_eps=1e-5, rope_style="neox", hidden_act="relu2", sub_norms=True,
                scale_mode="mul", proj_norm_eps=None, architecture="bitnet")
@@ -70,7 +70,7 @@ def cache_dir() -> str:
 
 
 def path_for(shape: str, fmt: str, lm_head: str = "f16") -> str:
-    suffix = "-lm_int8" if lm_head == "int8" else ""
+    suffix = "" if lm_head == "f16" else f"-lm_{lm_head}"
     return os.path.join(cache_dir(), f"{shape}-{fmt}{suffix}.tpk")
 
 
@@ -178,6 +178,8 @@ def _head_tensors(head: np.ndarray, lm_head: str, tied: bool):
     if lm_head == "int8":
         q, scale = quantize_int8_rows(head)
         return {"lm_head.weight": q, "lm_head.scale": scale}
+    if lm_head == "q4":
+        return dict(zip(("lm_head.weight", "lm_head.sub", "lm_head.scale"), q4.quantize(head)))
     return {} if tied else {"lm_head.weight": head}
 
 
@@ -310,11 +312,14 @@ def variant(src: str, fmt: str, lm_head: str | None = None) -> str:
     ws = _Writers([(out, cfg)], embed_dtype, len(t["tokenizer"]))
     try:
         for name, arr in t.items():
-            if name.endswith((".weight", ".scale")) and name.startswith(("layers.", "lm_head.")):
+            if name.startswith("lm_head.") or name.startswith("layers.") and name.endswith((".weight", ".scale")):
                 continue
             ws.put(lambda _: True, {name: arr})
         if c["lm_head_format"] == "int8":
             head = (t["lm_head.weight"].astype(np.float32) * t["lm_head.scale"][:, None]).astype(np.float16)
+        elif c["lm_head_format"] == "q4":
+            head = q4.dequantize(t["lm_head.weight"], t["lm_head.sub"], t["lm_head.scale"],
+                                 c["hidden_size"]).astype(np.float16)
         else:
             head = t.get("lm_head.weight", t["embed"]).astype(np.float16, copy=False)
         ws.put(lambda _: True, _head_tensors(head, lm_head, c["tie_word_embeddings"]))

@@ -16,6 +16,7 @@ import os
 import struct
 
 import numpy as np
+from engine import q4
 
 FORMAT_VERSION = 1
 ARCHITECTURES = ("bitnet", "llama")
@@ -29,7 +30,7 @@ DTYPES = {
     "U16": np.dtype("<u2"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
 _NAME_OF = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("u1"): "U8",
-            np.dtype("i1"): "I8"}
+            np.dtype("i1"): "I8", np.dtype("<i2"): "I16"}
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 _ALIGN = 64                           # data start and every big tensor start on a cache line
@@ -237,7 +238,7 @@ _REQUIRED = {
     "scale_mode": str, "tokenizer": dict,
 }
 _CHOICES = {"rope_style": ("neox",), "hidden_act": ("relu2", "silu"),
-            "weight_format": ("t2", "t1", "f16"), "lm_head_format": ("f16", "int8"),
+            "weight_format": ("t2", "t1", "f16"), "lm_head_format": ("f16", "int8", "q4"),
             "scale_mode": ("mul", "div")}
 
 
@@ -327,6 +328,12 @@ def expected_tensors(config, embed_dtype="F16", tokenizer_bytes=None):
             specs[f"{prefix}.in_norm"] = ("F32", (k,))
     if config["lm_head_format"] == "int8":
         specs["lm_head.weight"] = ("I8", (vocab, h))
+        specs["lm_head.scale"] = ("F32", (vocab,))
+    elif config["lm_head_format"] == "q4":  # layout: engine/q4.py
+        if h > q4.MAX_K:
+            raise TpkError(f"a q4 lm_head needs hidden_size <= {q4.MAX_K}, got {h}")
+        specs["lm_head.weight"] = ("U8", (vocab, q4.groups(h) * q4.GROUP // 2))
+        specs["lm_head.sub"] = ("I16", (vocab, q4.groups(h)))
         specs["lm_head.scale"] = ("F32", (vocab,))
     elif not (config["tie_word_embeddings"] and embed_dtype == "F16"):
         specs["lm_head.weight"] = ("F16", (vocab, h))

@@ -21,6 +21,7 @@ const char* dtype_name() {
     if (std::is_same_v<T, int8_t>) return "int8";
     if (std::is_same_v<T, uint8_t>) return "uint8";
     if (std::is_same_v<T, int32_t>) return "int32";
+    if (std::is_same_v<T, int16_t>) return "int16";
     return "float16";  // uint16_t carries IEEE half
 }
 
@@ -305,6 +306,29 @@ PYBIND11_MODULE(_kernels, m) {
             return o;
         },
         py::arg("w"), py::arg("row_scale"), py::arg("x"), py::arg("out") = py::none());
+    m.def(
+        "q4_linear",
+        [](py::array packed, py::array sub, py::array row_scale, py::array x, py::object out) {
+            check<float>(x, "x", {-1, -1});
+            const int64_t M = x.shape(0), K = x.shape(1);
+            if (K < 1 || K > kQ4MaxK)
+                throw py::value_error("x: q4 rows need 1 <= K <= " + std::to_string(kQ4MaxK) +
+                                      ", got K = " + std::to_string(K));
+            const int64_t G = (K + kQ4Group - 1) / kQ4Group;
+            check<uint8_t>(packed, "packed", {-1, G * kQ4GroupBytes});
+            const int64_t N = packed.shape(0);
+            check<int16_t>(sub, "sub", {N, G});
+            check<float>(row_scale, "row_scale", {N});
+            py::array o = out_array(out, {M, N});
+            {
+                py::gil_scoped_release nogil;
+                q4_linear(cst<uint8_t>(packed), cst<int16_t>(sub), cst<float>(row_scale), N, K,
+                          cst<float>(x), M, mut<float>(o));
+            }
+            return o;
+        },
+        py::arg("packed"), py::arg("sub"), py::arg("row_scale"), py::arg("x"),
+        py::arg("out") = py::none());
 
     m.def(
         "rmsnorm",

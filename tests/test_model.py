@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # transformers' BitLinear uses torch.compile
 sys.path.insert(0, os.path.dirname(__file__))
-from tiny_models import dequantized, write_tiny  # noqa: E402
+from tiny_models import dequantized, head_matrix, write_tiny  # noqa: E402
 
 from engine import ContextError, Engine, tpk  # noqa: E402
 from engine import model as model_module  # noqa: E402
@@ -23,6 +23,8 @@ CASES = {
     "llama-div-hd32-qd-ne-hidden": dict(arch="llama", heads=4, kv_heads=2, head_dim=32),
     "llama-div-projnorm-untied": dict(arch="llama", proj_norm_eps=1e-6, tie=False),
     "f16-llama-hd64-gqa2": dict(arch="llama", weight_format="f16", heads=2, kv_heads=1, head_dim=64),
+    "bitnet-t2-untied-q4head-hidden160": dict(tie=False, lm_head_format="q4", hidden=160, heads=10,
+                                              kv_heads=5, head_dim=16),
 }
 PROMPT = [0, 17, 120, 5, 99, 250, 31, 64, 64, 7, 200, 150, 3, 88, 12, 45, 290, 33, 71]
 
@@ -113,10 +115,10 @@ def reference_logits(path, ids):
             m = rms(m, t[p + "mlp.sub_norm"], eps)
         x = x + linear(p + "mlp.down", m)
     x = rms(x, t["norm"], eps)
-    if "lm_head.scale" in t:
-        head = t["lm_head.weight"].astype(np.float64) * t["lm_head.scale"][:, None]
-    else:
-        head = t.get("lm_head.weight", t["embed"]).astype(np.float64)
+    head = head_matrix(t).astype(np.float64)
+    if "lm_head.sub" in t:  # the q4 head takes per-token int8 activations, as the ternary linears
+        s = f32(127) / np.maximum(np.abs(x).max(-1, keepdims=True), f32(1e-5))
+        return (np.clip(np.rint(x * s), -128, 127) @ head.T / s).astype(f32)
     return (x @ head.T).astype(f32)
 
 
@@ -189,10 +191,8 @@ def hf_model(path):
             sd[hp + theirs + ".weight_scale"] = f([s])
             if c.get("proj_norm_eps") is not None:
                 sd[hp + theirs + ".rms_norm.weight"] = f(t[name + ".in_norm"])
-    if "lm_head.scale" in t:
-        sd["lm_head.weight"] = f(t["lm_head.weight"].astype(np.float32) * t["lm_head.scale"][:, None])
-    elif "lm_head.weight" in t:
-        sd["lm_head.weight"] = f(t["lm_head.weight"])
+    if "lm_head.weight" in t:
+        sd["lm_head.weight"] = f(head_matrix(t))
     missing, unexpected = m.load_state_dict(sd, strict=False, assign=True)  # rms_norm is on meta
     assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
     if common["tie_word_embeddings"]:
@@ -201,6 +201,7 @@ def hf_model(path):
 
 
 @pytest.mark.parametrize("case", ["bitnet-t2-tied", "bitnet-t1-untied-int8head-gqa3",
+                                  "bitnet-t2-untied-q4head-hidden160",
                                   "llama-div-projnorm-untied", "f16-llama-hd64-gqa2"])
 def test_matches_transformers(tiny, case):
     torch = pytest.importorskip("torch")

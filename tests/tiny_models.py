@@ -14,6 +14,8 @@ import io
 
 import numpy as np
 
+from engine import q4
+
 CORPUS = [
     "Once upon a time there was a little cat who lived in a quiet house.",
     "The cat liked to sleep in the sun and to watch the birds in the garden.",
@@ -109,10 +111,21 @@ def random_tensors(config: dict, tokenizer_bytes: bytes, seed: int = 0, embed_dt
         row_scale = (np.abs(head).max(axis=1) / 127).astype(np.float32)
         t["lm_head.weight"] = np.round(head / row_scale[:, None]).astype(np.int8)
         t["lm_head.scale"] = row_scale
+    elif c["lm_head_format"] == "q4":
+        t["lm_head.weight"], t["lm_head.sub"], t["lm_head.scale"] = q4.quantize(head)
     elif not (c["tie_word_embeddings"] and t["embed"].dtype == np.float16):
         t["lm_head.weight"] = (t["embed"] if c["tie_word_embeddings"] else head).astype(np.float16)
     t["tokenizer"] = np.frombuffer(tokenizer_bytes, np.uint8)
     return t
+
+
+def head_matrix(t: dict) -> np.ndarray:
+    """The lm_head a tiny model's tensors stand for, f32 [vocab, hidden] (tied: the embedding)."""
+    if "lm_head.sub" in t:
+        return q4.dequantize(t["lm_head.weight"], t["lm_head.sub"], t["lm_head.scale"], t["embed"].shape[1])
+    if "lm_head.scale" in t:
+        return t["lm_head.weight"].astype(np.float32) * t["lm_head.scale"][:, None]
+    return t.get("lm_head.weight", t["embed"]).astype(np.float32)
 
 
 def write_tiny(path, tokenizer: str = "hf", seed: int = 0, embed_dtype=np.float16,

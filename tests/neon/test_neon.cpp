@@ -192,6 +192,36 @@ void pack_round_trip() {
     }
 }
 
+// Q4 head rows: random bytes and sub-scales (every nibble and 0..127), int8 activations with
+// -128 / 127 over-represented, group sums as q4_linear makes them; K a multiple of 128.
+void q4_rows() {
+    for (int64_t k : {128, 256, 1024, 2560, 16384}) {
+        for (int64_t m : {1, 3}) {
+            const int64_t n = 13, g = k / kQ4Group;
+            std::vector<uint8_t> packed(size_t(n * g * kQ4GroupBytes));
+            for (auto& b : packed) b = uint8_t(rng());
+            std::vector<int16_t> sub(size_t(n * g));
+            for (auto& s : sub) s = int16_t(rng() % (kQ4MaxSub + 1));
+            const auto q = activations(m, k);
+            std::vector<int16_t> qsum(size_t(m * g), 0);
+            for (int64_t i = 0; i < m * k; ++i) qsum[size_t(i / kQ4Group)] += q[size_t(i)];
+            std::vector<int32_t> got(size_t(m * n), -7), want(size_t(m * n), -9);
+            neon_kernels().q4_rows(packed.data(), sub.data(), k, 0, n, q.data(), qsum.data(), m, got.data(), n);
+            ref_kernels().q4_rows(packed.data(), sub.data(), k, 0, n, q.data(), qsum.data(), m, want.data(), n);
+            expect(got == want, "q4_rows", long(n), long(k), long(m));
+        }
+    }
+    // Largest magnitude: every weight -8 at sub 127 against 127 (K = kQ4MaxK).
+    const int64_t k = kQ4MaxK, g = k / kQ4Group;
+    const std::vector<uint8_t> packed(size_t(g * kQ4GroupBytes), 0);
+    const std::vector<int16_t> sub(size_t(g), kQ4MaxSub), qsum(size_t(g), 127 * kQ4Group);
+    const std::vector<int8_t> q(size_t(k), 127);
+    int32_t got = 0, want = 1;
+    neon_kernels().q4_rows(packed.data(), sub.data(), k, 0, 1, q.data(), qsum.data(), 1, &got, 1);
+    ref_kernels().q4_rows(packed.data(), sub.data(), k, 0, 1, q.data(), qsum.data(), 1, &want, 1);
+    expect(got == want && want == -8 * 127 * 127 * int32_t(k), "q4_rows extreme", 0, long(k), 1);
+}
+
 }  // namespace
 
 int main() {
@@ -201,6 +231,7 @@ int main() {
     matmul_sweeps(Format::T1);
     arbitrary_bytes();
     ops_layer();
+    q4_rows();
     std::printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
