@@ -170,7 +170,16 @@ def validate_kernels(t, config, m_large: int, threads: int, seed: int = 0) -> di
                 if head and m > 1 and rows == n:
                     continue  # the head runs one token at a time (last_only); ref GEMM too slow
                 wr = w[:rows]
-                if w.dtype == np.uint8:  # packed ternary: int32 accumulators bit for bit
+                if "lm_head.sub" in t and name == "lm_head.weight":  # q4: integer, bit for bit
+                    x = rng.standard_normal((m, k), dtype=np.float32)
+                    out = {}
+                    for isa in (active, "ref"):
+                        kernels.set_isa(isa)
+                        out[isa] = kernels.q4_linear(wr, t["lm_head.sub"][:rows],
+                                                     t["lm_head.scale"][:rows], x)
+                    if not np.array_equal(out[active], out["ref"]):
+                        raise BenchError(f"{name} (q4 {rows}x{k}, M={m}): {active} differs from ref")
+                elif w.dtype == np.uint8:  # packed ternary: int32 accumulators bit for bit
                     q = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
                     q[:, : min(k, 7)] = 127
                     q[0, -1] = -128
@@ -182,15 +191,6 @@ def validate_kernels(t, config, m_large: int, threads: int, seed: int = 0) -> di
                         bad = np.argwhere(out[active] != out["ref"])[0]
                         raise BenchError(f"{name} ({fmt} {rows}x{k}, M={m}): {active} differs from "
                                          f"ref at {tuple(int(x) for x in bad)}")
-                elif "lm_head.sub" in t and name == "lm_head.weight":  # q4: integer, bit for bit
-                    x = rng.standard_normal((m, k), dtype=np.float32)
-                    out = {}
-                    for isa in (active, "ref"):
-                        kernels.set_isa(isa)
-                        out[isa] = kernels.q4_linear(wr, t["lm_head.sub"][:rows],
-                                                     t["lm_head.scale"][:rows], x)
-                    if not np.array_equal(out[active], out["ref"]):
-                        raise BenchError(f"{name} (q4 {rows}x{k}, M={m}): {active} differs from ref")
                 else:
                     x = rng.standard_normal((m, k), dtype=np.float32)
                     out = {}

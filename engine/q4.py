@@ -9,10 +9,12 @@ a 4-bit head cuts its share of a decode step's bytes (int8: 39 % of the 2B shape
 """
 import numpy as np
 
+VERSION = 2           # of the quantizer: cached q4 files made by another are remade
 GROUP = 128
 MAX_SUB = 127
 MAX_K = 16384          # keeps the exact int32 accumulator in range (ternary.h, kQ4MaxK)
-_ROWS_PER_CHUNK = 4096  # rows quantized at a time: bounds the float32 temporaries
+_ROWS_PER_CHUNK = 1024  # rows quantized at a time: bounds the float32 temporaries
+STEP_CANDIDATES = (1.0, 0.95, 0.9, 0.85, 0.8)  # fractions of absmax / 7.5 tried per group
 
 
 def groups(k: int) -> int:
@@ -35,16 +37,32 @@ def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # Levels -8..7 reach +-7.5 steps within half a step: step = absmax / 7.5 per group.
         step = np.abs(grp).max(axis=2) / 7.5                          # (n, G)
         d = np.maximum(step.max(axis=1), 1e-12) / MAX_SUB             # (n,) row scale
-        # Sub-scales round up, so the stored step d * s is never smaller than the group's and
-        # no weight clips beyond half a step; weights are then rounded against that stored step.
-        s = np.clip(np.ceil(step / d[:, None]), 0, MAX_SUB)           # (n, G) integer sub-scales
-        real = (d[:, None] * s)[:, :, None]
-        u = np.where(real > 0, np.clip(np.rint(grp / np.where(real > 0, real, 1)), -8, 7), 0) + 8
+        # Each group's integer sub-scale: the candidate with the least squared error among
+        # steps at and a little below absmax / 7.5 (clipping the few largest weights can pay
+        # for finer levels everywhere else), as llama.cpp's quantizers search their scales.
+        best_err = best_s = None
+        for f in STEP_CANDIDATES:
+            s = np.clip(np.ceil(step * f / d[:, None]), 0, MAX_SUB)   # (n, G)
+            u = _levels(grp, d[:, None] * s)
+            err = ((grp - (u - 8.0) * (d[:, None] * s)[:, :, None]) ** 2).sum(axis=2)
+            if best_err is None:
+                best_err, best_s = err, s
+            else:
+                better = err < best_err
+                best_err, best_s = np.where(better, err, best_err), np.where(better, s, best_s)
+        s = best_s
+        u = _levels(grp, d[:, None] * s)
         u = u.astype(np.uint8)
         packed[r0:r0 + len(rows)] = (u[:, :, :64] | (u[:, :, 64:] << 4)).reshape(len(rows), -1)
         sub[r0:r0 + len(rows)] = s
         row_scale[r0:r0 + len(rows)] = d
     return packed, sub, row_scale
+
+
+def _levels(grp: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Nibbles u = clip(rint(w / step), -8, 7) + 8 of groups grp (n, G, 128) at steps real (n, G)."""
+    r = real[:, :, None]
+    return np.where(r > 0, np.clip(np.rint(grp / np.where(r > 0, r, 1)), -8, 7), 0) + 8.0
 
 
 def dequantize(packed: np.ndarray, sub: np.ndarray, row_scale: np.ndarray, k: int) -> np.ndarray:

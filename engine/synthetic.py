@@ -63,6 +63,11 @@ SHAPES = {
 _ROWS_PER_CHUNK = 8192  # embedding rows drawn at a time: bounds the float32 temporary
 
 
+def _generator(lm_head: str | None):
+    """What a cached file was made by: the generator, and the q4 quantizer for q4 heads."""
+    return f"{GENERATOR_VERSION}+q4.{q4.VERSION}" if lm_head == "q4" else GENERATOR_VERSION
+
+
 def cache_dir() -> str:
     root = os.environ.get("TERNARY_ENGINE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ternary-engine")
@@ -85,7 +90,7 @@ def config_for(shape: str, fmt: str, lm_head: str = "f16", seed: int = 0) -> dic
     cfg.update(weight_format=fmt, lm_head_format=lm_head,
                tokenizer=dict(type="hf", bos_id=1, eos_id=2, eot_id=None, add_bos=True,
                               chat_template=None),
-               synthetic=dict(shape=shape, seed=seed, generator=GENERATOR_VERSION,
+               synthetic=dict(shape=shape, seed=seed, generator=_generator(lm_head),
                               packing=packing_fingerprint()))
     return cfg
 
@@ -283,7 +288,7 @@ def ensure_all(shape: str, targets: list[tuple[str, str]], seed: int = 0, progre
 
 def variant_path(src: str, fmt: str, lm_head: str | None = None) -> str:
     st = os.stat(src)
-    key = (f"{os.path.abspath(src)}:{st.st_size}:{st.st_mtime_ns}:{GENERATOR_VERSION}:"
+    key = (f"{os.path.abspath(src)}:{st.st_size}:{st.st_mtime_ns}:{_generator(lm_head)}:"
            f"{packing_fingerprint()}").encode()
     stem = os.path.splitext(os.path.basename(src))[0]
     suffix = f"-lm_{lm_head}" if lm_head else ""

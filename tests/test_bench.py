@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from engine import bench, kernels, synthetic, tpk
+from engine import bench, kernels, q4, synthetic, tpk
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_synthetic_models_reopen_and_hold_the_same_weights(cache):
-    targets = [("t2", "f16"), ("t1", "f16"), ("f16", "f16"), ("t2", "int8")]
+    targets = [("t2", "f16"), ("t1", "f16"), ("f16", "f16"), ("t2", "int8"), ("t2", "q4")]
     paths = synthetic.ensure_all("tiny", targets)
     assert all(p.startswith(str(cache)) for p in paths)
     models = {t: tpk.read(p) for t, p in zip(targets, paths)}  # read() validates everything
@@ -39,6 +39,10 @@ def test_synthetic_models_reopen_and_hold_the_same_weights(cache):
     approx = head["lm_head.weight"].astype(np.float32) * head["lm_head.scale"][:, None]
     ref = t2["lm_head.weight"].astype(np.float32)
     assert np.abs(approx - ref).max() <= head["lm_head.scale"].max() * 0.5 + 1e-3
+    h4 = models[("t2", "q4")].tensors
+    back = q4.dequantize(h4["lm_head.weight"], h4["lm_head.sub"], h4["lm_head.scale"], cfg["hidden_size"])
+    rel = np.linalg.norm(back - ref, axis=1) / np.linalg.norm(ref, axis=1)  # 4-bit, groups of 128
+    assert rel.max() <= 0.15, rel.max()
     # cached: a second call finds the files instead of remaking them
     mtimes = [p.stat().st_mtime_ns for p in sorted(cache.rglob("*.tpk"))]
     synthetic.ensure_all("tiny", targets)
@@ -54,12 +58,15 @@ def test_variant_of_a_tpk_repacks_and_dequantizes(cache):
     ref = tpk.read(synthetic.ensure("tiny", "f16")).tensors
     assert np.array_equal(f16["layers.1.mlp.down.weight"], ref["layers.1.mlp.down.weight"])
     assert synthetic.variant(t2, "t2") == t2
+    h4 = tpk.read(synthetic.variant(t2, "t1", "q4")).tensors   # repack + requantize the head
+    want = q4.quantize(tpk.read(t2).tensors["lm_head.weight"])
+    assert all(np.array_equal(h4[n], w) for n, w in zip(("lm_head.weight", "lm_head.sub", "lm_head.scale"), want))
 
 
 def test_bench_runs_the_tiny_shape_end_to_end(cache, tmp_path, capsys):
     out, png = tmp_path / "rows.json", tmp_path / "plot.png"
     rc = bench.main(["--shape", "tiny", "--threads", "1,2", "--pp", "16,32", "--tg", "8",
-                     "--reps", "1", "--dram-mb", "64", "--lm-head", "f16,int8", "--json", str(out), "--plot", str(png), "-q"])
+                     "--reps", "1", "--dram-mb", "64", "--lm-head", "f16,int8,q4", "--json", str(out), "--plot", str(png), "-q"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "| tiny " in text and "DRAM read bandwidth" in text
@@ -67,7 +74,7 @@ def test_bench_runs_the_tiny_shape_end_to_end(cache, tmp_path, capsys):
     assert doc["cpu"] and doc["isa"] == kernels.active_isa()
     rows = doc["rows"]
     assert {(r["format"], r["threads"]) for r in rows} == {
-        (f, t) for f in ("t2", "t2/i8", "t1", "t1/i8", "f16") for t in (1, 2)}
+        (f, t) for f in ("t2", "t2/i8", "t2/q4", "t1", "t1/i8", "t1/q4", "f16") for t in (1, 2)}
     fields = ("model", "format", "bits_per_weight", "file_mb", "threads", "pp16_tps", "pp32_tps",
               "tg8_tps", "weights_mb_per_token", "gbps", "dram_gbps", "pct_dram", "speedup_tg",
               "speedup_pp32", "peak_rss_mb", "validated")
@@ -81,6 +88,8 @@ def test_bench_runs_the_tiny_shape_end_to_end(cache, tmp_path, capsys):
     assert by[("f16", 1)]["bits_per_weight"] == 16 and by[("f16", 1)]["speedup_tg"] == 1
     assert by[("t2", 1)]["bits_per_weight"] == pytest.approx(2.0, abs=0.1)
     assert by[("t2/i8", 1)]["weights_mb_per_token"] < by[("t2", 1)]["weights_mb_per_token"]
+    assert by[("t2/q4", 1)]["weights_mb_per_token"] < by[("t2/i8", 1)]["weights_mb_per_token"]
+    assert by[("t1/q4", 1)]["validation"]["logits_equal_to"] == "t2/q4"
     assert by[("t1", 1)]["validation"]["logits_equal_to"] == "t2"
     assert png.stat().st_size > 1000
 
