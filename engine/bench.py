@@ -1,9 +1,9 @@
 """ternary-bench: tokens/s of ternary (T2, T1) vs fp16 of the same model, next to DRAM bandwidth.
 
-    ternary-bench                              # synthetic bitnet-2b shape, t2/t1/f16, threads 1..all
+    ternary-bench                              # synthetic bitnet-2b: t2, t1 (f16 and q4 heads), f16
     ternary-bench model.tpk                    # a real model (its other formats made and cached)
     ternary-bench default                      # the embedded default model
-    ternary-bench --shape bitnet-700m,bitnet-2b --lm-head f16,q4 --json out.json --plot out.png
+    ternary-bench --shape bitnet-700m,bitnet-2b --lm-head int8,q4 --json out.json --plot out.png
 
 What one run does, per model:
 1. Makes (or finds in the cache) the model in every format asked for: synthetic shapes come from
@@ -975,9 +975,10 @@ def parse_args(argv):
                    help="synthetic shape(s) when no model is given, comma-separated: "
                         "tiny, bitnet-700m, bitnet-2b, llama3-8b (default: bitnet-2b)")
     p.add_argument("--formats", default="t2,t1,f16", help="weight formats (default: t2,t1,f16)")
-    p.add_argument("--lm-head", default="f16",
-                   help="lm_head format(s) of the ternary models, f16, int8 and/or q4 (default: f16; "
-                        "the f16 model always keeps an f16 head)")
+    p.add_argument("--lm-head", default="f16,q4",
+                   help="lm_head format(s) of the ternary models, f16, int8 and/or q4 (default: "
+                        "f16,q4: the model as converted by default, and with the 4-bit head that "
+                        "gives the smallest decode step; the f16 model always keeps an f16 head)")
     p.add_argument("--threads", default=None, help="thread counts (default: 1..physical cores)")
     p.add_argument("--pp", default="128,512", help="prefill lengths (default: 128,512; '' for none)")
     p.add_argument("--tg", type=int, default=128, help="decode steps (default: 128; 0 for none)")
