@@ -167,4 +167,4 @@ def test_llama_bench_rows_join_the_table(cache, tmp_path):
     tq2 = rows[("llama.cpp TQ2_0", 2)]
     assert tq2["engine"] == "llama.cpp" and tq2["pp16_tps"] == 200 and tq2["tg4_tps"] == 7
     assert tq2["speedup_tg"] == pytest.approx(7 / rows[("f16", 2)]["tg4_tps"])
-    assert {f for f, _ in rows} == {"t2", "f16", "llama.cpp F16", "llama.cpp TQ2_0", "llama.cpp TQ1_0"}
+    assert {f for f, _ in rows} == {"t2", "t2/q4", "f16", "llama.cpp F16", "llama.cpp TQ2_0", "llama.cpp TQ1_0"}
