@@ -44,22 +44,31 @@ void parallel_rows_fused(int nproj, Rows&& rows, int64_t cost_per_row, Fn&& fn) 
     });
 }
 
-// Rows [n0, n1) of one projection: int32 accumulators into `out` itself (same size), then
-// floats in place while the rows are still in cache.
+// Columns [n0, n1) of out [M, ldc], which hold int32 accumulators (same size as floats): each
+// becomes the float y(a, m, n) in place, while the rows are still in cache.
+template <typename Epilogue>
+void accumulators_to_floats(float* out, int64_t ldc, int64_t M, int64_t n0, int64_t n1,
+                            Epilogue&& y) {
+    for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = n0; n < n1; ++n) {
+            int32_t a;
+            std::memcpy(&a, out + m * ldc + n, sizeof a);
+            const float v = y(a, m, n);
+            std::memcpy(out + m * ldc + n, &v, sizeof v);
+        }
+    }
+}
+
+// Rows [n0, n1) of one projection: int32 accumulators into `out` itself, then floats.
 void ternary_linear_rows(const KernelTable& kt, Format fmt, const TernaryProjection& p, int64_t K,
                          const int8_t* q, const float* act_scale, int64_t M, bool divide,
                          int64_t n0, int64_t n1) {
     int32_t* acc = reinterpret_cast<int32_t*>(p.out);
     ternary_rows(kt, fmt, p.packed, K, n0, n1, q, M, acc, p.N);
-    for (int64_t m = 0; m < M; ++m) {
-        for (int64_t n = n0; n < n1; ++n) {
-            int32_t a;
-            std::memcpy(&a, p.out + m * p.N + n, sizeof a);
-            const float y = divide ? float(a) / (act_scale[m] * p.weight_scale)
-                                   : float(a) / act_scale[m] * p.weight_scale;
-            std::memcpy(p.out + m * p.N + n, &y, sizeof y);
-        }
-    }
+    accumulators_to_floats(p.out, p.N, M, n0, n1, [&](int32_t a, int64_t m, int64_t) {
+        return divide ? float(a) / (act_scale[m] * p.weight_scale)
+                      : float(a) / act_scale[m] * p.weight_scale;
+    });
 }
 
 }  // namespace
@@ -121,14 +130,9 @@ void q4_linear(const uint8_t* packed, const int16_t* sub, const float* row_scale
     int32_t* acc = reinterpret_cast<int32_t*>(out);  // int32 accumulators in place, then floats
     parallel_rows(N, kRowAlign, std::max<int64_t>(1, Kp * M / 4), [&](int64_t n0, int64_t n1) {
         kt.q4_rows(packed, sub, Kp, n0, n1, q.data(), qsum.data(), M, acc, N);
-        for (int64_t m = 0; m < M; ++m) {
-            for (int64_t n = n0; n < n1; ++n) {
-                int32_t a;
-                std::memcpy(&a, out + m * N + n, sizeof a);
-                const float y = float(a) / act_scale[m] * row_scale[n];
-                std::memcpy(out + m * N + n, &y, sizeof y);
-            }
-        }
+        accumulators_to_floats(out, N, M, n0, n1, [&](int32_t a, int64_t m, int64_t n) {
+            return float(a) / act_scale[m] * row_scale[n];
+        });
     });
 }
 
