@@ -317,16 +317,11 @@ def variant(src: str, fmt: str, lm_head: str | None = None) -> str:
     ws = _Writers([(out, cfg)], embed_dtype, len(t["tokenizer"]))
     try:
         for name, arr in t.items():
-            if name.startswith("lm_head.") or name.startswith("layers.") and name.endswith((".weight", ".scale")):
+            if name.startswith("lm_head.") or (name.startswith("layers.")
+                                               and name.endswith((".weight", ".scale"))):
                 continue
             ws.put(lambda _: True, {name: arr})
-        if c["lm_head_format"] == "int8":
-            head = (t["lm_head.weight"].astype(np.float32) * t["lm_head.scale"][:, None]).astype(np.float16)
-        elif c["lm_head_format"] == "q4":
-            head = q4.dequantize(t["lm_head.weight"], t["lm_head.sub"], t["lm_head.scale"],
-                                 c["hidden_size"]).astype(np.float16)
-        else:
-            head = t.get("lm_head.weight", t["embed"]).astype(np.float16, copy=False)
+        head = tpk.head_matrix(t).astype(np.float16, copy=False)
         ws.put(lambda _: True, _head_tensors(head, lm_head, c["tie_word_embeddings"]))
         del head
         for prefix, (n, k) in tpk.linear_shapes(c).items():

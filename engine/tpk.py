@@ -302,6 +302,17 @@ def linear_shapes(config):
     return {f"layers.{i}.{p}": nk for i in range(config["num_layers"]) for p, nk in per_layer.items()}
 
 
+def head_matrix(tensors: dict) -> np.ndarray:
+    """The lm_head [vocab, hidden] a model's tensors stand for: an f16 head (or the embedding,
+    when tied) as stored; int8 and q4 heads dequantized to f32."""
+    if "lm_head.sub" in tensors:
+        return q4.dequantize(tensors["lm_head.weight"], tensors["lm_head.sub"],
+                             tensors["lm_head.scale"], tensors["embed"].shape[1])
+    if "lm_head.scale" in tensors:
+        return tensors["lm_head.weight"].astype(np.float32) * tensors["lm_head.scale"][:, None]
+    return tensors.get("lm_head.weight", tensors["embed"])
+
+
 def expected_tensors(config, embed_dtype="F16", tokenizer_bytes=None):
     """{name: (dtype name, shape)} of every tensor a .tpk with this config holds.
 

@@ -8,9 +8,10 @@ import pytest
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # transformers' BitLinear uses torch.compile
 sys.path.insert(0, os.path.dirname(__file__))
-from tiny_models import dequantized, head_matrix, write_tiny  # noqa: E402
+from tiny_models import dequantized, write_tiny  # noqa: E402
 
 from engine import ContextError, Engine, tpk  # noqa: E402
+from engine.tpk import head_matrix  # noqa: E402
 from engine import model as model_module  # noqa: E402
 from engine.model import Model, rope_tables  # noqa: E402
 
@@ -70,15 +71,19 @@ def reference_logits(path, ids):
     def rms(x, w, eps):
         return (x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * w).astype(f32)
 
+    def int8_tokens_matmul(x, w):
+        """x quantized per token (absmax int8, as the kernels take it) @ w.T."""
+        s = f32(127) / np.maximum(np.abs(x).max(-1, keepdims=True), f32(1e-5))
+        q = np.clip(np.rint(x * s), -128, 127)
+        return (q @ w.astype(np.float64).T / s).astype(f32)
+
     def linear(name, x):
         w = dequantized(tp, name)
         if c["weight_format"] == "f16":
             return (x.astype(np.float64) @ w.T).astype(f32)
         if c.get("proj_norm_eps") is not None:
             x = rms(x, t[name + ".in_norm"], c["proj_norm_eps"])
-        s = f32(127) / np.maximum(np.abs(x).max(-1, keepdims=True), f32(1e-5))
-        q = np.clip(np.rint(x * s), -128, 127)
-        return (q @ w.astype(np.float64).T / s).astype(f32)
+        return int8_tokens_matmul(x, w)
 
     inv = 1.0 / c["rope_theta"] ** (np.arange(0, D, 2) / D)
     ang = np.arange(T)[:, None] * inv[None]
@@ -117,8 +122,7 @@ def reference_logits(path, ids):
     x = rms(x, t["norm"], eps)
     head = head_matrix(t).astype(np.float64)
     if "lm_head.sub" in t:  # the q4 head takes per-token int8 activations, as the ternary linears
-        s = f32(127) / np.maximum(np.abs(x).max(-1, keepdims=True), f32(1e-5))
-        return (np.clip(np.rint(x * s), -128, 127) @ head.T / s).astype(f32)
+        return int8_tokens_matmul(x, head)
     return (x @ head.T).astype(f32)
 
 

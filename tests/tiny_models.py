@@ -119,15 +119,6 @@ def random_tensors(config: dict, tokenizer_bytes: bytes, seed: int = 0, embed_dt
     return t
 
 
-def head_matrix(t: dict) -> np.ndarray:
-    """The lm_head a tiny model's tensors stand for, f32 [vocab, hidden] (tied: the embedding)."""
-    if "lm_head.sub" in t:
-        return q4.dequantize(t["lm_head.weight"], t["lm_head.sub"], t["lm_head.scale"], t["embed"].shape[1])
-    if "lm_head.scale" in t:
-        return t["lm_head.weight"].astype(np.float32) * t["lm_head.scale"][:, None]
-    return t.get("lm_head.weight", t["embed"]).astype(np.float32)
-
-
 def write_tiny(path, tokenizer: str = "hf", seed: int = 0, embed_dtype=np.float16,
                chat_template=None, **config_kw):
     """Write a tiny random .tpk; returns path. config_kw: see tiny_config."""
