@@ -43,8 +43,8 @@ def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         best_err = best_s = None
         for f in STEP_CANDIDATES:
             s = np.clip(np.ceil(step * f / d[:, None]), 0, MAX_SUB)   # (n, G)
-            u = _levels(grp, d[:, None] * s)
-            err = ((grp - (u - 8.0) * (d[:, None] * s)[:, :, None]) ** 2).sum(axis=2)
+            real = d[:, None] * s                                     # (n, G) stored step
+            err = ((grp - (_levels(grp, real) - 8.0) * real[:, :, None]) ** 2).sum(axis=2)
             if best_err is None:
                 best_err, best_s = err, s
             else:
