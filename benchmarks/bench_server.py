@@ -33,7 +33,8 @@ try:
 except ImportError:  # run from a source checkout built in place
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import engine
-from engine import synthetic, tpk  # noqa: E402
+from ternary_bench import synthetic  # noqa: E402
+from engine.formats import tpk  # noqa: E402
 
 
 def free_port() -> int:
@@ -45,7 +46,7 @@ def free_port() -> int:
 def start_server(model, port, args, max_batch):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(engine.__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "engine.server", model, "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "engine.serve", model, "--host", "127.0.0.1", "--port", str(port),
            "--max-batch", str(max_batch), "--queue", str(max_batch), "--ctx", str(args.ctx),
            "--log-level", "warning"]
     if args.threads:

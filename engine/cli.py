@@ -85,7 +85,7 @@ def _print_stream(pieces) -> str:
 
 
 def _chat_loop(eng, first, gen_kw) -> None:
-    from engine.kvcache import ContextError
+    from engine.runtime.kvcache import ContextError
 
     messages = []
     while True:
@@ -159,10 +159,10 @@ def run(argv=None) -> int:
 
 def run_main(argv=None) -> int:
     """Entry point of ternary-run: exit status 0, 2 on a user error, 130 on Ctrl-C."""
-    from engine.kvcache import ContextError
+    from engine.runtime.kvcache import ContextError
 
     try:
-        from engine.tpk import TpkError
+        from engine.formats.tpk import TpkError
     except ImportError:  # pragma: no cover - tpk.py always ships with the engine
         TpkError = _UserError
     try:

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         ap.error("expected [MODEL.tpk] FILE")
     model, text_file = (args.args if len(args.args) == 2 else (None, args.args[0]))
     from engine import Engine
-    from engine.tpk import TpkError
+    from engine.formats.tpk import TpkError
     try:
         if args.ctx < 2:
             raise ValueError("--ctx must be >= 2")

@@ -10,7 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from engine import bench, kernels, q4, synthetic, tpk
+from engine import kernels, quant as q4
+from engine.formats import tpk
+from ternary_bench import bench, synthetic
 
 
 @pytest.fixture

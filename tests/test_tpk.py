@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from engine import tpk
-from engine.tpk import TpkError
+from engine.formats import tpk
+from engine.formats.tpk import TpkError
 
 TOKENIZER = b'{"version": "1.0", "model": {"type": "BPE"}}'
 

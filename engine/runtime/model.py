@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from engine import kernels as K
-from engine.kvcache import KVCache
+from engine.runtime.kvcache import KVCache
 
 DEFAULT_CTX = 4096     # when neither ctx nor a smaller max_position is given
 PREFILL_CHUNK = 256    # prompt tokens per batched pass: bounds activation memory
@@ -139,7 +139,7 @@ def head_linear(t: dict, embed: np.ndarray):
 class Model:
     def __init__(self, tpk, threads: int | None = None, ctx: int | None = None):
         if isinstance(tpk, (str, os.PathLike)):
-            from engine import tpk as tpk_module
+            from engine.formats import tpk as tpk_module
             tpk = tpk_module.read(tpk)
         self.tpk = tpk
         t = tpk.tensors

@@ -25,9 +25,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from engine import StopStrings
-from engine.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
-from engine.sampling import Sampler, SamplingParams
+from engine.runtime.generate import StopStrings
+from engine.runtime.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
+from engine.runtime.sampling import Sampler, SamplingParams
 
 log = logging.getLogger("ternary.server")
 
@@ -540,7 +540,7 @@ def main(argv=None) -> int:
     import uvicorn
 
     from engine import Engine
-    from engine.tpk import TpkError
+    from engine.formats.tpk import TpkError
 
     try:
         engine = Engine(args.model, threads=args.threads, ctx=args.ctx)

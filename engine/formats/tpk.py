@@ -16,7 +16,7 @@ import os
 import struct
 
 import numpy as np
-from engine import q4
+from engine import quant as q4
 
 FORMAT_VERSION = 1
 ARCHITECTURES = ("bitnet", "llama")

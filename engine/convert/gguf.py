@@ -19,8 +19,8 @@ import struct
 
 import numpy as np
 
-from engine import tpk
-from engine.convert import EOT_TOKENS, ConvertError, Linear, SrcTensor
+from engine.formats import tpk
+from engine.convert.source import EOT_TOKENS, ConvertError, Linear, SrcTensor
 
 GGUF_PROJ = {"attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v", "attn.o": "attn_output",
              "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down"}

@@ -1,6 +1,6 @@
 """Rebuild the English prose training corpus from Debian packages.
 
-    python -m engine.train.corpus --out ~/.cache/ternary-engine/corpus
+    python -m ternary_train.corpus --out ~/.cache/ternary-engine/corpus
 
 Downloads (``apt-get download``, no installation) and unpacks (``dpkg-deb -x``):
 

@@ -34,7 +34,8 @@ import zlib
 
 import numpy as np
 
-from engine import kernels, q4, tpk
+from engine import kernels, quant as q4
+from engine.formats import tpk
 
 GENERATOR_VERSION = 1
 FORMATS = ("t2", "t1", "f16")
@@ -347,7 +348,7 @@ def variant(src: str, fmt: str, lm_head: str | None = None) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.synthetic",
+    p = argparse.ArgumentParser(prog="python -m ternary_bench.synthetic",
                                 description="Make (or find) the cached synthetic .tpk models.")
     p.add_argument("shape", choices=sorted(SHAPES))
     p.add_argument("--formats", default="t2,t1,f16")

@@ -30,9 +30,9 @@ from typing import Callable
 
 import numpy as np
 
-from engine.kvcache import KVCache
-from engine.model import PREFILL_CHUNK, make_buffers, rows
-from engine.sampling import Sampler
+from engine.runtime.kvcache import KVCache
+from engine.runtime.model import PREFILL_CHUNK, make_buffers, rows
+from engine.runtime.sampling import Sampler
 
 log = logging.getLogger("ternary.batch")
 

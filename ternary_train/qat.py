@@ -1,6 +1,6 @@
 """Quantization-aware training of a small BitNet b1.58 model (torch; `train` extra).
 
-    python -m engine.train.qat --config small --out ~/.cache/ternary-engine/runs/small [--resume]
+    python -m ternary_train.qat --config small --out ~/.cache/ternary-engine/runs/small [--resume]
 
 The model is exactly transformers' BitNetForCausalLM graph (model_type "bitnet",
 transformers/models/bitnet/modeling_bitnet.py): RMSNorm pre-norms, attn_sub_norm
@@ -435,7 +435,7 @@ def export_hf(model: BitNetLM, out: Path, tokenizer_model: Path | None = None) -
 def export_tpk(hf_dir: Path, out: Path) -> Path | None:
     """HF checkpoint -> .tpk through the project's converter (ternary-convert)."""
     try:
-        from engine import convert
+        import engine.convert as convert
     except Exception as e:  # converter not available (yet)
         print(f"no .tpk written: engine.convert unavailable ({e})", file=sys.stderr)
         return None
@@ -482,7 +482,7 @@ def corpus_streams(corpus: Path, vocab: int):
     tr, va = corpus / f"tok{vocab}.train.npy", corpus / f"tok{vocab}.val.npy"
     if not (tok.exists() and tr.exists() and va.exists()):
         raise SystemExit(f"missing {tok} or its token streams: run "
-                         f"python -m engine.train.corpus and python -m engine.train.tokenizer --vocab {vocab}")
+                         f"python -m ternary_train.corpus and python -m ternary_train.tokenizer --vocab {vocab}")
     return tok, np.load(tr, mmap_mode="r"), np.load(va, mmap_mode="r")
 
 
