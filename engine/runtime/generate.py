@@ -17,7 +17,7 @@ from engine.runtime.sampling import Sampler, SamplingParams
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "default.tpk"
 
-__all__ = ["Engine", "GenerationStats", "StopStrings", "DEFAULT_MODEL", "prefill", "decode_one_token"]
+__all__ = ["Engine", "GenerationStats", "StopStrings", "TextStream", "DEFAULT_MODEL", "prefill", "decode_one_token"]
 
 
 def prefill(model, ids, start_pos: int = 0):
@@ -74,6 +74,23 @@ class StopStrings:
         return out
 
 
+class TextStream:
+    """Token ids -> text pieces with stop strings applied: the one detokenizing tail shared by
+    Engine.stream and the server's event streams."""
+
+    def __init__(self, detok, stop):
+        self.detok, self.stops = detok, StopStrings(stop)
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """-> (text safe to emit, whether a stop string was hit)."""
+        return self.stops.feed(self.detok.push(token))
+
+    def finish(self) -> str:
+        """The text still held back once generation ended (not at a stop string)."""
+        text, hit = self.stops.feed(self.detok.flush())
+        return text + ("" if hit else self.stops.flush())
+
+
 class Engine:
     def __init__(self, path=None, threads: int | None = None, ctx: int | None = None):
         from engine.formats import tpk
@@ -122,7 +139,7 @@ class Engine:
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         self.model.cache.check_room(len(prompt_ids), max_new_tokens)
-        params, stats = sampler.params, GenerationStats()
+        stats = GenerationStats()
         self.stats = stats
         reuse = 0
         for a, b in zip(self._cached, prompt_ids[:-1]):  # at least one token must run for logits
@@ -135,9 +152,8 @@ class Engine:
         self._cached = ids = prompt_ids
         stats.prompt_tokens, stats.prompt_s = len(prompt_ids) - reuse, time.perf_counter() - t0
         t0 = time.perf_counter()
-        window = params.repeat_last_n if params.repetition_penalty != 1.0 else 0
         for n in range(max_new_tokens):
-            token = sampler(logits, ids[-window:] if window else ())
+            token = sampler.next(logits, ids)
             if token in stop_ids:
                 break
             stats.generated_tokens, stats.generate_s = n + 1, time.perf_counter() - t0
@@ -161,17 +177,16 @@ class Engine:
         ids = self._prompt_ids(prompt, add_bos)
         sampler = self._sampler(temperature, top_k, top_p, min_p, repetition_penalty, seed)
         stop_ids = frozenset() if ignore_eos else self.tokenizer.stop_ids
-        detok, stops = self.tokenizer.stream_decoder(context_ids=ids), StopStrings(stop)
+        text_stream = TextStream(self.tokenizer.stream_decoder(context_ids=ids), stop)
         gen = self.generate_ids(ids, max_new_tokens, sampler, stop_ids)
         try:
             for token in gen:
-                text, hit = stops.feed(detok.push(token))
+                text, hit = text_stream.push(token)
                 if text:
                     yield text
                 if hit:
                     return
-            text, hit = stops.feed(detok.flush())
-            text += "" if hit else stops.flush()
+            text = text_stream.finish()
             if text:
                 yield text
         finally:

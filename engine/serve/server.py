@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from engine.runtime.generate import StopStrings
+from engine.runtime.generate import TextStream
 from engine.runtime.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
 from engine.runtime.sampling import Sampler, SamplingParams
 
@@ -274,7 +274,7 @@ class Server:
 
     async def _events(self, seq, queue, stop, every_token: bool):
         """every_token: an item per token even when it completes no text yet."""
-        detok, stops = self.tokenizer.stream_decoder(context_ids=seq.prompt_ids), StopStrings(stop)
+        text_stream = TextStream(self.tokenizer.stream_decoder(context_ids=seq.prompt_ids), stop)
         ids, n = [], 0
         try:
             while True:
@@ -282,7 +282,7 @@ class Server:
                 if kind == "token":
                     n += 1
                     ids.append(value)
-                    text, hit = stops.feed(detok.push(value))
+                    text, hit = text_stream.push(value)
                     if hit:
                         self.batch.cancel(seq)
                         yield text, "stop", ids, n
@@ -295,8 +295,7 @@ class Server:
                     raise ApiError(500, f"generation failed: {seq.error}", type="server_error")
                 if value == CANCELLED:   # the client left, or the server is shutting down
                     return
-                text, hit = stops.feed(detok.flush())
-                yield text + ("" if hit else stops.flush()), value, ids, n
+                yield text_stream.finish(), value, ids, n
                 return
         finally:
             self.batch.cancel(seq)   # no-op when finished; frees the slot when the client left
