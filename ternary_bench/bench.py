@@ -66,6 +66,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.formats import tpk
+
 DRAM_MB = 256                   # bandwidth buffer: 8x this machine's 32 MB L3
 VALIDATE_GEMM_M = 19            # odd: exercises the GEMM kernels' row-tile remainders
 VALIDATE_SLICE_ROWS = 128       # rows checked at the largest prefill length
@@ -616,8 +618,8 @@ def resolve_models(args) -> list[tuple[str, str, str]]:
     formats = _split(args.formats, str)
     heads = _split(args.lm_head, str)
     for f in formats:
-        if f not in ("t2", "t1", "f16"):
-            raise BenchError(f"unknown format {f!r} (expected t2, t1, f16)")
+        if f not in tpk.WEIGHT_FORMATS:
+            raise BenchError(f"unknown format {f!r} (expected {', '.join(tpk.WEIGHT_FORMATS)})")
     for h in heads:
         if h not in HEAD_TAGS:
             raise BenchError(f"unknown --lm-head {h!r} (expected {', '.join(HEAD_TAGS)})")
@@ -865,7 +867,7 @@ def targets(rows: list[dict], tg) -> list[str]:
     for model, rs in by_model.items():
         top = max(r["threads"] for r in rs)
         at = [r for r in rs if r["threads"] == top and r["engine"] == "ours" and r.get(key)]
-        tern = [r for r in at if r["weight_format"] in ("t2", "t1")]
+        tern = [r for r in at if r["weight_format"] in tpk.TERNARY_FORMATS]
         if model == "bitnet-2b" and tern:
             best = max(tern, key=lambda r: r.get("speedup_tg") or 0)
             if best.get("speedup_tg"):

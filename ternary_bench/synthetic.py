@@ -38,8 +38,8 @@ from engine import kernels, quant as q4
 from engine.formats import tpk
 
 GENERATOR_VERSION = 1
-FORMATS = ("t2", "t1", "f16")
-LM_HEADS = ("f16", "int8", "q4")
+FORMATS = tpk.WEIGHT_FORMATS
+LM_HEADS = tpk.LM_HEAD_FORMATS
 
 _COMMON = dict(rms_norm_eps=1e-5, rope_style="neox", hidden_act="relu2", sub_norms=True,
                scale_mode="mul", proj_norm_eps=None, architecture="bitnet")

@@ -50,7 +50,7 @@ from engine.convert.source import (EOT_TOKENS, ConvertError, Linear, SrcTensor, 
                                    exact_ternary, ternarize, unpack_hf)
 
 DEFAULT_THETA = {"bitnet": 500000.0, "llama": 10000.0}
-LM_HEADS = ("f16", "int8", "q4")  # --lm-head choices (engine/q4.py: the q4 layout)
+LM_HEADS = tpk.LM_HEAD_FORMATS  # --lm-head choices (engine/quant.py: the q4 layout)
 HF_PROJ = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
            "attn.o": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
            "mlp.down": "mlp.down_proj"}
@@ -379,8 +379,8 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
         raise ConvertError(f"--dtype {dtype!r}: only f16")
     if dtype == "f16" and weights is not None:
         raise ConvertError("--dtype f16 and --weights exclude each other (fp16 model or ternary model)")
-    if weights not in (None, "t2", "t1"):
-        raise ConvertError(f"--weights {weights!r}: expected t2 or t1")
+    if weights is not None and weights not in tpk.TERNARY_FORMATS:
+        raise ConvertError(f"--weights {weights!r}: expected {' or '.join(tpk.TERNARY_FORMATS)}")
     if lm_head not in LM_HEADS:
         raise ConvertError(f"--lm-head {lm_head!r}: expected one of {', '.join(LM_HEADS)}")
     if scale not in ("absmean", "absmedian"):
@@ -485,7 +485,7 @@ def build_parser():
                     "llama/bitnet GGUF file to a .tpk model file.")
     p.add_argument("src", help="checkpoint directory or .gguf file")
     p.add_argument("-o", "--output", required=True, help="the .tpk file to write")
-    p.add_argument("--weights", choices=("t2", "t1"),
+    p.add_argument("--weights", choices=tpk.TERNARY_FORMATS,
                    help="packed ternary format: t2 (2 bits/weight, default for ternary models) or "
                         "t1 (1.6 bits/weight, 20%% smaller); on a plain float model: ternarize it")
     p.add_argument("--dtype", choices=("f16",),

@@ -17,6 +17,8 @@ import struct
 
 import numpy as np
 from engine import quant as q4
+from engine import kernels
+from engine.kernels import FORMATS as TERNARY_FORMATS  # the one list of packed ternary formats
 
 FORMAT_VERSION = 1
 ARCHITECTURES = ("bitnet", "llama")
@@ -37,23 +39,19 @@ _ALIGN = 64                           # data start and every big tensor start on
 
 ATTN_PROJS = ("q", "k", "v", "o")
 MLP_PROJS = ("gate", "up", "down")
-TERNARY_FORMATS = ("t2", "t1")
+# The one list of weight formats (ternary packings + unpacked f16) and of lm_head formats;
+# converter, model, bench and synthetic generator all check against these.
+WEIGHT_FORMATS = (*TERNARY_FORMATS, "f16")
+LM_HEAD_FORMATS = ("f16", "int8", "q4")
 
 
 class TpkError(Exception):
     """A file that is not a valid .tpk: the message says what is wrong, in one line."""
 
 
-# Weights per 64-byte block of one packed row; the C++ packer (csrc/ternary.h) owns the layout.
-_BLOCK_WEIGHTS = {"t2": 256, "t1": 320}
-
-
 def row_bytes(fmt, k):
-    """Bytes of one packed row of k ternary weights (t2: 256 weights, t1: 320 per 64 bytes)."""
-    try:
-        from engine import kernels
-    except ImportError:  # extension not built: same formula as csrc/pack.cpp
-        return -(-int(k) // _BLOCK_WEIGHTS[fmt]) * 64
+    """Bytes of one packed row of k ternary weights (t2: 256 weights, t1: 320 per 64 bytes).
+    The C++ packer (csrc/ternary.h) owns the layout, so it alone gives the number."""
     return kernels.row_bytes(fmt, int(k))
 
 
@@ -238,7 +236,7 @@ _REQUIRED = {
     "scale_mode": str, "tokenizer": dict,
 }
 _CHOICES = {"rope_style": ("neox",), "hidden_act": ("relu2", "silu"),
-            "weight_format": ("t2", "t1", "f16"), "lm_head_format": ("f16", "int8", "q4"),
+            "weight_format": WEIGHT_FORMATS, "lm_head_format": LM_HEAD_FORMATS,
             "scale_mode": ("mul", "div")}
 
 

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from engine import kernels as K
+from engine.formats import tpk as tpk_module
 from engine.runtime.kvcache import KVCache
 
 DEFAULT_CTX = 4096     # when neither ctx nor a smaller max_position is given
@@ -55,7 +56,7 @@ class ModelArgs:
                 c["num_heads"], c["num_kv_heads"], c["head_dim"], c["vocab_size"], c["max_position"],
                 float(c["rms_norm_eps"]), float(c["rope_theta"]), c["hidden_act"], bool(c["sub_norms"]),
                 c["weight_format"], c.get("scale_mode", "mul"), c.get("proj_norm_eps"))
-        if a.hidden_act not in ("relu2", "silu") or a.weight_format not in ("t2", "t1", "f16"):
+        if a.hidden_act not in ("relu2", "silu") or a.weight_format not in tpk_module.WEIGHT_FORMATS:
             raise ValueError(f"unsupported hidden_act {a.hidden_act!r} / weight_format {a.weight_format!r}")
         if a.n_heads % a.n_kv_heads or a.head_dim % 2 or c.get("rope_style", "neox") != "neox":
             raise ValueError("need num_heads % num_kv_heads == 0, even head_dim and rope_style 'neox'")
@@ -139,7 +140,6 @@ def head_linear(t: dict, embed: np.ndarray):
 class Model:
     def __init__(self, tpk, threads: int | None = None, ctx: int | None = None):
         if isinstance(tpk, (str, os.PathLike)):
-            from engine.formats import tpk as tpk_module
             tpk = tpk_module.read(tpk)
         self.tpk = tpk
         t = tpk.tensors
