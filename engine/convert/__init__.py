@@ -42,7 +42,7 @@ import sys
 
 import numpy as np
 
-from engine import quant as q4
+from engine import quant
 from engine.formats import tpk
 from engine.convert import gguf
 from engine.formats.tpk import TpkError
@@ -340,31 +340,6 @@ def _f16(t, name):
     return out
 
 
-def _int8_rows(t):
-    """Per-row absmax int8: w ~ q * scale[row]; the lm_head kernel computes (x @ q.T) * scale."""
-    q = np.empty(t.shape, dtype=np.int8)
-    scale = np.empty(t.shape[0], dtype=np.float32)
-    for rows in t.row_chunks():
-        x = t.f32(rows)
-        amax = np.abs(x).max(axis=1)
-        s = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
-        q[rows] = np.clip(np.rint(x / s[:, None]), -127, 127)
-        scale[rows] = s
-    return q, scale
-
-
-def _q4_rows(t):
-    """The Q4 head tensors (engine/q4.py) of t, a chunk of rows at a time."""
-    n, k = t.shape
-    g = q4.groups(k)
-    out = (np.empty((n, g * q4.GROUP // 2), np.uint8), np.empty((n, g), np.int16),
-           np.empty(n, np.float32))
-    for rows in t.row_chunks():
-        for dst, part in zip(out, q4.quantize(t.f32(rows))):
-            dst[rows] = part
-    return dict(zip(("lm_head.weight", "lm_head.sub", "lm_head.scale"), out))
-
-
 def _kernels():
     try:
         from engine import kernels
@@ -416,10 +391,8 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
             return _f16(vectors["embed"], name)
         if name.startswith("lm_head."):
             head = vectors.get("lm_head", vectors["embed"])
-            if lm_head == "int8":
-                return dict(zip(("lm_head.weight", "lm_head.scale"), _int8_rows(head)))
-            if lm_head == "q4":
-                return _q4_rows(head)
+            if lm_head in quant.HEAD_TENSORS:
+                return quant.head_tensors(lm_head, head.shape, ((r, head.f32(r)) for r in head.row_chunks()))
             return _f16(head, name)
         prefix, _, leaf = name.rpartition(".")
         if prefix in linears:

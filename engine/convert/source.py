@@ -5,6 +5,8 @@ each other, so there is no import cycle.
 """
 import numpy as np
 
+from engine import quant
+
 CHUNK_ELEMS = 1 << 22   # elements per row chunk of float work: stays in L2/L3, not a full copy
 EOT_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endofturn|>")
 
@@ -83,10 +85,10 @@ def ternarize(t, method):
         m = t.abs_median()
     else:
         raise ConvertError(f"unknown --scale {method!r}")
-    s = np.float32(1.0) / np.float32(max(m, 1e-5))
+    s = quant.ternary_inv_scale(m)
     q = np.empty(t.shape, dtype=np.int8)
     for rows in t.row_chunks():
-        q[rows] = np.clip(np.rint(t.f32(rows) * s), -1, 1)
+        q[rows] = quant.ternarize_rows(t.f32(rows), s)
     return q, np.float32(1.0) / s
 
 
