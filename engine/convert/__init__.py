@@ -195,11 +195,50 @@ def hf_tokenizer(src, cfg, vocab_size):
             "chat_template": template if isinstance(template, str) else None}, data
 
 
-def hf_source(src):
-    """-> (config without formats, {prefix: Linear}, {tpk name: SrcTensor} of norms, embed and
-    lm_head, (tokenizer config, bytes), default weight format)."""
-    ck = HFCheckpoint(src)
-    cfg = ck.cfg
+def _hf_quantization(src, cfg) -> tuple[dict, str | None, str | None]:
+    """-> (quantization_config or {}, linear_class, quantization_mode); only bitnet's is known."""
+    qc = cfg.get("quantization_config") or {}
+    if qc and qc.get("quant_method") != "bitnet":
+        raise ConvertError(f"{src}: quantization method {qc.get('quant_method')!r} is not supported (only bitnet)")
+    if not qc:
+        return qc, None, None
+    for m in qc.get("modules_to_not_convert") or []:
+        if "layers" in m:
+            raise ConvertError(f"{src}: modules_to_not_convert {m!r}: mixed float/ternary layers are not supported")
+    return qc, qc.get("linear_class", "bitlinear"), qc.get("quantization_mode", "offline")
+
+
+def _hf_sub_norms(src, ck, model_type, heads, head_dim, hidden) -> dict:
+    """{tpk sub-norm key: HF module name} when the checkpoint has both sub-norms, else {}."""
+    sub_names = {}
+    for key, candidates in SUB_NORMS.items():
+        found = [c for c in candidates if ck.has(f"model.layers.0.{c}.weight")]
+        sub_names[key] = found[0] if found else None
+    sub_norms = all(sub_names.values())
+    if any(sub_names.values()) and not sub_norms:
+        raise ConvertError(f"{src}: only one of the two sub-norms found in layer 0")
+    if model_type == "bitnet" and not sub_norms:
+        raise ConvertError(f"{src}: a bitnet checkpoint without attn_sub_norm / ffn_sub_norm tensors")
+    if sub_norms and heads * head_dim != hidden:
+        raise ConvertError(f"{src}: sub-norms need num_heads * head_dim == hidden_size")
+    return sub_names if sub_norms else {}
+
+
+def _hf_weight_scheme(qc, linear_class, mode, sub_norms, model_type) -> tuple[str, str]:
+    """-> (how the linears are stored: packed | master-ternary | float, scale_mode)."""
+    if qc and linear_class != "autobitlinear":  # BitLinear: packed, out = acc / (a * s)
+        return "packed", "div"
+    if qc and mode == "offline":                # AutoBitLinear offline: packed, out = acc / a * s
+        return "packed", "mul"
+    if qc or (sub_norms and model_type != "bitnet"):  # online masters / 1bitLLM shadow weights
+        return "master-ternary", "mul"
+    # A bitnet checkpoint without quantization_config is a full-precision model: transformers
+    # (models/bitnet) then runs plain nn.Linear, so it converts to f16 unless --weights asks.
+    return "float", "mul"                       # plain float model
+
+
+def _hf_config(src, cfg, ck) -> tuple[dict, dict, str]:
+    """-> (the .tpk config without formats, {sub-norm key: HF name}, how the linears are stored)."""
     model_type = cfg.get("model_type")
     if model_type not in ("bitnet", "llama"):
         raise ConvertError(f"{src}: unsupported model_type {model_type!r} (supported: bitnet, llama)")
@@ -213,48 +252,13 @@ def hf_source(src):
         raise ConvertError(f"{src}/config.json: missing or bad {e}") from None
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     head_dim = int(cfg.get("head_dim") or hidden // heads)
-
-    qc = cfg.get("quantization_config") or {}
-    if qc and qc.get("quant_method") != "bitnet":
-        raise ConvertError(f"{src}: quantization method {qc.get('quant_method')!r} is not supported (only bitnet)")
-    if qc:
-        linear_class = qc.get("linear_class", "bitlinear")
-        mode = qc.get("quantization_mode", "offline")
-        for m in qc.get("modules_to_not_convert") or []:
-            if "layers" in m:
-                raise ConvertError(f"{src}: modules_to_not_convert {m!r}: mixed float/ternary layers are not supported")
-
-    sub_names = {}
-    for key, candidates in SUB_NORMS.items():
-        found = [c for c in candidates if ck.has(f"model.layers.0.{c}.weight")]
-        sub_names[key] = found[0] if found else None
-    sub_norms = all(sub_names.values())
-    if any(sub_names.values()) and not sub_norms:
-        raise ConvertError(f"{src}: only one of the two sub-norms found in layer 0")
-    if model_type == "bitnet" and not sub_norms:
-        raise ConvertError(f"{src}: a bitnet checkpoint without attn_sub_norm / ffn_sub_norm tensors")
-    if sub_norms and heads * head_dim != hidden:
-        raise ConvertError(f"{src}: sub-norms need num_heads * head_dim == hidden_size")
-
+    qc, linear_class, mode = _hf_quantization(src, cfg)
+    sub_names = _hf_sub_norms(src, ck, model_type, heads, head_dim, hidden)
+    sub_norms = bool(sub_names)
     act = cfg.get("hidden_act", "relu2" if model_type == "bitnet" else "silu")
     if act not in ("relu2", "silu"):
         raise ConvertError(f"{src}: hidden_act {act!r} is not supported (relu2, silu)")
-
-    if qc and linear_class != "autobitlinear":  # BitLinear: packed, out = acc / (a * s)
-        how, scale_mode = "packed", "div"
-    elif qc and mode == "offline":              # AutoBitLinear offline: packed, out = acc / a * s
-        how, scale_mode = "packed", "mul"
-    elif qc or (sub_norms and model_type != "bitnet"):  # online masters / 1bitLLM shadow weights
-        how, scale_mode = "master-ternary", "mul"
-    # A bitnet checkpoint without quantization_config is a full-precision model: transformers
-    # (models/bitnet) then runs plain nn.Linear, so it converts to f16 unless --weights asks.
-    else:                                       # plain float model
-        how, scale_mode = "float", "mul"
-
-    proj_norm_eps = None
-    if qc and qc.get("use_rms_norm"):
-        proj_norm_eps = float(qc.get("rms_norm_eps") or 1e-6)
-
+    how, scale_mode = _hf_weight_scheme(qc, linear_class, mode, sub_norms, model_type)
     config = {
         "format_version": tpk.FORMAT_VERSION,
         # "bitnet" = the graph with sub-norms; hidden_act says relu2 (BitNet) or silu (1bitLLM)
@@ -266,12 +270,15 @@ def hf_source(src):
         "rope_theta": _rope_theta(cfg, model_type), "rope_style": "neox",
         "hidden_act": act, "sub_norms": sub_norms,
         "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
-        "scale_mode": scale_mode, "proj_norm_eps": proj_norm_eps,
+        "scale_mode": scale_mode,
+        "proj_norm_eps": float(qc.get("rms_norm_eps") or 1e-6) if qc and qc.get("use_rms_norm") else None,
     }
+    return config, sub_names, how
 
-    linears = {}
-    shapes = tpk.linear_shapes({**config, "num_layers": layers})
-    for prefix, (n, k) in shapes.items():
+
+def _hf_linears(ck, config, how) -> dict:
+    linears, scale_mode, proj_norm_eps = {}, config["scale_mode"], config["proj_norm_eps"]
+    for prefix, (n, k) in tpk.linear_shapes(config).items():
         i, proj = prefix.split(".", 2)[1], prefix.split(".", 2)[2]
         base = f"model.layers.{i}.{HF_PROJ[proj]}"
         w = ck.get(f"{base}.weight")
@@ -283,14 +290,16 @@ def hf_source(src):
             if w.shape != (n, k):
                 raise ConvertError(f"{base}.weight is {list(w.shape)}, expected [{n}, {k}]")
             linears[prefix] = Linear(master=w, is_ternary=how == "master-ternary", in_norm=in_norm)
+    return linears
 
+
+def _hf_vectors(src, ck, config, sub_names) -> dict:
     vectors = {"embed": ck.get("model.embed_tokens.weight"), "norm": ck.get("model.norm.weight")}
-    for i in range(layers):
+    for i in range(config["num_layers"]):
         vectors[f"layers.{i}.attn_norm"] = ck.get(f"model.layers.{i}.input_layernorm.weight")
         vectors[f"layers.{i}.ffn_norm"] = ck.get(f"model.layers.{i}.post_attention_layernorm.weight")
-        if sub_norms:
-            for key, hf_name in sub_names.items():
-                vectors[f"layers.{i}.{key}"] = ck.get(f"model.layers.{i}.{hf_name}.weight")
+        for key, hf_name in sub_names.items():
+            vectors[f"layers.{i}.{key}"] = ck.get(f"model.layers.{i}.{hf_name}.weight")
     if config["tie_word_embeddings"]:
         if ck.has("lm_head.weight"):
             ck.get("lm_head.weight")  # a saved copy of the tied embedding
@@ -298,12 +307,21 @@ def hf_source(src):
         vectors["lm_head"] = ck.get("lm_head.weight")
         if vectors["lm_head"].dtype == "U8":
             raise ConvertError(f"{src}: a ternary lm_head is not supported")
+    return vectors
 
+
+def hf_source(src):
+    """-> (config without formats, {prefix: Linear}, {tpk name: SrcTensor} of norms, embed and
+    lm_head, (tokenizer config, bytes), default weight format)."""
+    ck = HFCheckpoint(src)
+    config, sub_names, how = _hf_config(src, ck.cfg, ck)
+    linears = _hf_linears(ck, config, how)
+    vectors = _hf_vectors(src, ck, config, sub_names)
     extra = ck.unused()
     if extra:
         raise ConvertError(f"{src}: unexpected tensor {extra[0]!r}"
                            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    tok_config, tok_bytes = hf_tokenizer(src, cfg, vocab)
+    tok_config, tok_bytes = hf_tokenizer(src, ck.cfg, config["vocab_size"])
     return config, linears, vectors, (tok_config, tok_bytes), "f16" if how == "float" else "t2"
 
 
