@@ -366,8 +366,7 @@ def _kernels():
     return kernels
 
 
-def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, progress=None):
-    """Convert SRC (HF checkpoint directory or .gguf file) to the .tpk `out`; returns its config."""
+def _check_options(src, weights, lm_head, scale, dtype) -> None:
     if dtype not in (None, "f16"):
         raise ConvertError(f"--dtype {dtype!r}: only f16")
     if dtype == "f16" and weights is not None:
@@ -381,28 +380,13 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
     if not os.path.exists(src):
         raise ConvertError(f"{src}: no such file or directory")
 
-    if os.path.isdir(src):
-        config, linears, vectors, tokenizer, default_weights = hf_source(src)
-    else:
-        config, linears, vectors, tokenizer, default_weights = gguf.gguf_source(src)
 
-    fmt = "f16" if dtype == "f16" else weights or default_weights
-    tok_config, tok_bytes = tokenizer
-    config.update({"weight_format": fmt, "lm_head_format": lm_head, "tokenizer": tok_config})
-    modes = {lin.scale_mode for lin in linears.values() if lin.load_ternary is not None}
-    if len(modes) > 1:
-        raise ConvertError(f"{src}: linears with both scale modes in one model")
-    config["scale_mode"] = modes.pop() if modes and fmt != "f16" else "mul"
-    try:
-        tpk.check_config(config)
-    except TpkError as e:
-        raise ConvertError(f"{src}: {e}") from None
-
-    specs = tpk.expected_tensors(config, "F16", len(tok_bytes))
+def _producer(linears, vectors, tok_bytes, fmt, lm_head, scale):
+    """produce(name) -> the array of tpk tensor `name`, or a dict of several (each linear's
+    weight and scale come together, as do the lm_head tensors)."""
     kernels = _kernels() if fmt in tpk.TERNARY_FORMATS else None
 
     def produce(name):
-        """-> the array of tpk tensor `name` (each linear's weight and scale come together)."""
         if name == "tokenizer":
             return np.frombuffer(tok_bytes, dtype=np.uint8)
         if name == "embed":
@@ -419,7 +403,11 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
                 return lin.in_norm.f32().reshape(-1)
             return _linear(prefix, lin, fmt, scale, kernels)
         return np.ascontiguousarray(vectors[name].f32().reshape(-1))
+    return produce
 
+
+def _write(src, out, config, specs, produce, progress) -> None:
+    """Every tensor of specs, in order, into the .tpk `out` (removed again on any failure)."""
     from tqdm import tqdm
 
     writer = tpk.Writer(out, config, specs)
@@ -444,6 +432,29 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
     except BaseException:
         writer.abort()
         raise
+
+
+def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, progress=None):
+    """Convert SRC (HF checkpoint directory or .gguf file) to the .tpk `out`; returns its config."""
+    _check_options(src, weights, lm_head, scale, dtype)
+    if os.path.isdir(src):
+        config, linears, vectors, tokenizer, default_weights = hf_source(src)
+    else:
+        config, linears, vectors, tokenizer, default_weights = gguf.gguf_source(src)
+
+    fmt = "f16" if dtype == "f16" else weights or default_weights
+    tok_config, tok_bytes = tokenizer
+    config.update({"weight_format": fmt, "lm_head_format": lm_head, "tokenizer": tok_config})
+    modes = {lin.scale_mode for lin in linears.values() if lin.load_ternary is not None}
+    if len(modes) > 1:
+        raise ConvertError(f"{src}: linears with both scale modes in one model")
+    config["scale_mode"] = modes.pop() if modes and fmt != "f16" else "mul"
+    try:
+        tpk.check_config(config)
+    except TpkError as e:
+        raise ConvertError(f"{src}: {e}") from None
+    specs = tpk.expected_tensors(config, "F16", len(tok_bytes))
+    _write(src, out, config, specs, _producer(linears, vectors, tok_bytes, fmt, lm_head, scale), progress)
     return config
 
 
