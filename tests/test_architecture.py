@@ -130,3 +130,20 @@ def test_running_a_model_loads_no_torch_transformers_trainer_or_server():
     loaded = json.loads(r.stdout.strip().splitlines()[-1])
     banned = ("torch", "transformers", "ternary_train", "engine.serve", "fastapi", "uvicorn")
     assert [m for m in loaded if any(m == b or m.startswith(b + ".") for b in banned)] == []
+
+
+def _function_lengths():
+    for pkg in ("engine", "ternary_bench", "ternary_train"):
+        root = ROOT.parent / pkg
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    yield node.end_lineno - node.lineno + 1, f"{path.relative_to(root.parent)}:{node.lineno} {node.name}"
+
+
+def test_no_function_of_80_lines_or_more():
+    assert [f for n, f in _function_lengths() if n >= 80] == []
+
+
+def test_model_code_stays_under_300_lines_per_module():
+    assert len((ROOT / "runtime" / "model.py").read_text().splitlines()) < 300
