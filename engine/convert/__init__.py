@@ -47,7 +47,7 @@ from engine.formats import tpk
 from engine.convert import gguf
 from engine.formats.tpk import TpkError
 from engine.convert.source import (EOT_TOKENS, ConvertError, Linear, SrcTensor,  # noqa: F401
-                                   exact_ternary, ternarize, unpack_hf)
+                                   TensorSet, exact_ternary, ternarize, unpack_hf)
 
 DEFAULT_THETA = {"bitnet": 500000.0, "llama": 10000.0}
 LM_HEADS = tpk.LM_HEAD_FORMATS  # --lm-head choices (engine/quant.py: the q4 layout)
@@ -71,7 +71,7 @@ def _load_json(path, what):
         raise ConvertError(f"{path}: cannot read {what}: {e}") from None
 
 
-class HFCheckpoint:
+class HFCheckpoint(TensorSet):
     """A Hugging Face checkpoint directory: config.json plus single or sharded safetensors."""
 
     def __init__(self, src):
@@ -89,22 +89,12 @@ class HFCheckpoint:
                 hint = " (only PyTorch .bin files: re-save with safetensors)" if bins else ""
                 raise ConvertError(f"{src}: no .safetensors weights{hint}")
             files = found
-        self.tensors = {}
+        found = {}
         for fname in files:
             _, tensors, dtypes = tpk.read_safetensors(os.path.join(src, fname), error=ConvertError)
             for name, arr in tensors.items():
-                self.tensors[name] = SrcTensor(arr, dtypes[name])
-        self.used = set()
-
-    def has(self, name):
-        return name in self.tensors
-
-    def get(self, name):
-        t = self.tensors.get(name)
-        if t is None:
-            raise ConvertError(f"{self.dir}: missing tensor {name!r}")
-        self.used.add(name)
-        return t
+                found[name] = SrcTensor(arr, dtypes[name])
+        super().__init__(src, found)
 
     def unused(self):
         # Non-persistent buffers some old checkpoints carry.

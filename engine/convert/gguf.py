@@ -20,7 +20,7 @@ import struct
 import numpy as np
 
 from engine.formats import tpk
-from engine.convert.source import EOT_TOKENS, ConvertError, Linear, SrcTensor
+from engine.convert.source import EOT_TOKENS, ConvertError, Linear, SrcTensor, TensorSet
 
 GGUF_PROJ = {"attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v", "attn.o": "attn_output",
              "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down"}
@@ -45,14 +45,13 @@ def _open(path):
         raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
 
 
-class _File:
+class _File(TensorSet):
     """One open GGUF file: metadata lookups, and tensors handed out as SrcTensors while the
     names used are recorded (an unused tensor is an error)."""
 
     def __init__(self, path):
         self.path, self.reader = path, _open(path)
-        self.tensors = {t.name: t for t in self.reader.tensors}
-        self.used = set()
+        super().__init__(path, {t.name: t for t in self.reader.tensors})
         self.arch = self.meta("general.architecture")
         if self.arch not in ("llama", "bitnet"):
             raise ConvertError(f"{path}: GGUF architecture {self.arch!r} is not supported (llama, bitnet)")
@@ -66,13 +65,6 @@ class _File:
         if v is None:
             raise ConvertError(f"{self.path}: GGUF metadata {self.arch}.{key} missing")
         return v
-
-    def get(self, name):
-        t = self.tensors.get(name)
-        if t is None:
-            raise ConvertError(f"{self.path}: missing tensor {name!r}")
-        self.used.add(name)
-        return t
 
     def src(self, t, row_index=None):
         """ReaderTensor -> SrcTensor with numpy shape [rows, ...] (ggml's ne reversed)."""

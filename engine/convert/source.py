@@ -137,3 +137,21 @@ class Linear:
                  exact=False, in_norm=None):
         self.load_ternary, self.scale_mode = load_ternary, scale_mode
         self.master, self.is_ternary, self.exact, self.in_norm = master, is_ternary, exact, in_norm
+
+
+class TensorSet:
+    """A source's tensors by name, handing each out while recording which were used, so a
+    converter can refuse a file with tensors it did not expect. where: named in errors."""
+
+    def __init__(self, where, tensors: dict):
+        self.where, self.tensors, self.used = where, tensors, set()
+
+    def has(self, name):
+        return name in self.tensors
+
+    def get(self, name):
+        t = self.tensors.get(name)
+        if t is None:
+            raise ConvertError(f"{self.where}: missing tensor {name!r}")
+        self.used.add(name)
+        return t

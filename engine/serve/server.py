@@ -488,21 +488,22 @@ def _chat_shapes(srv, cid: str, created: int):
 def _add_generation_routes(app, srv) -> None:
     from fastapi import Request
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
+    async def generate(request: Request, chat: bool):
         body = await _read_json(request)
         srv._check_model(body)
-        req = srv._gen_request(body, srv._completion_prompt(body), chat=False)
-        chunk, final = _completion_shapes(srv, f"cmpl-{uuid.uuid4().hex}", int(time.time()))
-        return await _run(srv, request, req, chunk, final, "text")
+        prompt = srv._chat_prompt(body) if chat else srv._completion_prompt(body)
+        req = srv._gen_request(body, prompt, chat=chat)
+        shapes, prefix = (_chat_shapes, "chatcmpl") if chat else (_completion_shapes, "cmpl")
+        chunk, final = shapes(srv, f"{prefix}-{uuid.uuid4().hex}", int(time.time()))
+        return await _run(srv, request, req, chunk, final, "chat" if chat else "text")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await generate(request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _read_json(request)
-        srv._check_model(body)
-        req = srv._gen_request(body, srv._chat_prompt(body), chat=True)
-        chunk, final = _chat_shapes(srv, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()))
-        return await _run(srv, request, req, chunk, final, "chat")
+        return await generate(request, chat=True)
 
 
 def _add_info_routes(app, srv) -> None:
