@@ -2,7 +2,7 @@
 
 The file's tokens are cut into non-overlapping windows of --ctx tokens; each window w is fed
 as [bos] + w[:-1] and every token of w is scored; ppl = exp(mean negative log-likelihood).
-This is the trainer's definition (engine/train/qat.py evaluate), so the two agree on a model.
+This is the trainer's definition (ternary_train/qat.py evaluate), so the two agree on a model.
 """
 from __future__ import annotations
 

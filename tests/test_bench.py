@@ -1,4 +1,4 @@
-"""ternary-bench and the synthetic models it runs (engine/bench.py, engine/synthetic.py).
+"""ternary-bench and the synthetic models it runs (ternary_bench/bench.py, ternary_bench/synthetic.py).
 
 The tiny synthetic shape goes through the whole benchmark (workers, validation against the
 reference ISA, timing, table, JSON, plot) with short prefill/decode lengths; the llama.cpp

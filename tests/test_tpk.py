@@ -1,4 +1,4 @@
-""".tpk read/write (engine/tpk.py): round trip, zero-copy mmap, and one TpkError per malformation."""
+""".tpk read/write (engine/formats/tpk.py): round trip, zero-copy mmap, and one TpkError per malformation."""
 import json
 import mmap
 import os

@@ -1,4 +1,4 @@
-"""ternary-serve: an OpenAI-compatible HTTP server over continuous batching (engine/batch.py).
+"""ternary-serve: an OpenAI-compatible HTTP server over continuous batching (engine/runtime/batch.py).
 
     ternary-serve model.tpk --host 127.0.0.1 --port 8000 --threads 4 --max-batch 8
 
