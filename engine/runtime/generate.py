@@ -5,14 +5,11 @@ Heavy modules (kernels, model) are imported on first use, so `import engine` sta
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.runtime.kvcache import ContextError  # noqa: F401  (re-exported: a user error)
-from engine.runtime.kvcache import ContextError  # noqa: F401  (re-exported: a user error)
 from engine.runtime.sampling import Sampler, SamplingParams
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "default.tpk"
@@ -212,30 +209,9 @@ class Engine:
 
     # -- chat ----------------------------------------------------------------------------------
     def chat_prompt(self, messages, add_generation_prompt: bool = True) -> str:
-        """messages [{"role": "system"|"user"|"assistant", "content": str}] -> prompt text.
-        A Jinja chat_template (config tokenizer.chat_template) is rendered as transformers
-        does; otherwise (none, or not Jinja) BitNet's plain "User: ...<|eot_id|>Assistant: "."""
-        tok = self.tokenizer
-        template = tok.chat_template
-        name = lambda i: tok.token_text(i) if i is not None else ""  # noqa: E731
-        if template and ("{%" in template or "{{" in template):
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-            def raise_exception(msg):
-                raise ValueError(f"chat template: {msg}")
-
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
-            env.globals.update(raise_exception=raise_exception,
-                               strftime_now=lambda fmt: time.strftime(fmt))
-            return env.from_string(template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token=name(tok.bos_id), eos_token=name(tok.eos_id))
-        end = name(tok.eot_id) or name(tok.eos_id) or "\n"
-        roles = {"system": "System", "user": "User", "assistant": "Assistant"}
-        text = "".join(f"{roles.get(m['role'], m['role'].capitalize())}: {m['content']}{end}"
-                       for m in messages)
-        return text + ("Assistant: " if add_generation_prompt else "")
+        """messages [{"role": ..., "content": str}] -> prompt text (engine.runtime.chat)."""
+        from engine.runtime.chat import chat_prompt
+        return chat_prompt(self.tokenizer, messages, add_generation_prompt)
 
     def chat_ids(self, messages) -> list[int]:
         text = self.chat_prompt(messages)
