@@ -147,3 +147,15 @@ def test_no_function_of_80_lines_or_more():
 
 def test_model_code_stays_under_300_lines_per_module():
     assert len((ROOT / "runtime" / "model.py").read_text().splitlines()) < 300
+
+
+def test_batch_and_server_use_no_private_part_of_another_object():
+    """Batch and the server drive Model / Engine / Server through public names only
+    (a private attribute is reached through self alone)."""
+    found = []
+    for rel in ("runtime/batch.py", "serve/server.py", "cli.py", "ppl.py"):
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                found.append(f"{rel}:{node.lineno} .{node.attr}")
+    assert found == []

@@ -141,7 +141,7 @@ class Server:
         self.created = int(time.time())
 
     # -- parsing shared by both endpoints ------------------------------------------------------
-    def _check_model(self, body):
+    def check_model(self, body):
         m = body.get("model")
         if m is None:
             return
@@ -151,7 +151,7 @@ class Server:
             raise ApiError(400, f"The model '{m}' does not exist; this server serves '{self.model_id}'.",
                            "model", "model_not_found")
 
-    def _gen_request(self, body, prompt_ids, chat: bool) -> GenRequest:
+    def gen_request(self, body, prompt_ids, chat: bool) -> GenRequest:
         if _int(body, "n", 1) != 1:
             raise ApiError(400, "Only n=1 is supported.", "n", "unsupported_value")
         if _int(body, "best_of", 1) != 1:
@@ -197,7 +197,7 @@ class Server:
         return GenRequest(prompt_ids, max_tokens, params, None if seed is None else seed % 2**64, stop,
                           ignore_eos, return_token_ids, stream, include_usage)
 
-    def _completion_prompt(self, body) -> list[int]:
+    def completion_prompt(self, body) -> list[int]:
         p = body.get("prompt", _MISSING)
         if p is _MISSING or p is None:
             raise ApiError(400, "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
@@ -214,7 +214,7 @@ class Server:
             raise ApiError(400, "Only one prompt per request is supported.", "prompt", "unsupported_value")
         raise _type_error("prompt", "a string, an array of token ids, or an array of one of those", p)
 
-    def _chat_prompt(self, body) -> list[int]:
+    def chat_prompt(self, body) -> list[int]:
         msgs = body.get("messages", _MISSING)
         if msgs is _MISSING or msgs is None:
             raise ApiError(400, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
@@ -490,9 +490,9 @@ def _add_generation_routes(app, srv) -> None:
 
     async def generate(request: Request, chat: bool):
         body = await _read_json(request)
-        srv._check_model(body)
-        prompt = srv._chat_prompt(body) if chat else srv._completion_prompt(body)
-        req = srv._gen_request(body, prompt, chat=chat)
+        srv.check_model(body)
+        prompt = srv.chat_prompt(body) if chat else srv.completion_prompt(body)
+        req = srv.gen_request(body, prompt, chat=chat)
         shapes, prefix = (_chat_shapes, "chatcmpl") if chat else (_completion_shapes, "cmpl")
         chunk, final = shapes(srv, f"{prefix}-{uuid.uuid4().hex}", int(time.time()))
         return await _run(srv, request, req, chunk, final, "chat" if chat else "text")
