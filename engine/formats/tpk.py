@@ -338,7 +338,7 @@ def expected_tensors(config, embed_dtype="F16", tokenizer_bytes=None):
     if config["lm_head_format"] == "int8":
         specs["lm_head.weight"] = ("I8", (vocab, h))
         specs["lm_head.scale"] = ("F32", (vocab,))
-    elif config["lm_head_format"] == "q4":  # layout: engine/q4.py
+    elif config["lm_head_format"] == "q4":  # layout: engine/quant.py
         if h > q4.MAX_K:
             raise TpkError(f"a q4 lm_head needs hidden_size <= {q4.MAX_K}, got {h}")
         specs["lm_head.weight"] = ("U8", (vocab, q4.groups(h) * q4.GROUP // 2))

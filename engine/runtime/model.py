@@ -124,7 +124,7 @@ def rows(b: SimpleNamespace, t: int) -> SimpleNamespace:
 def head_linear(t: dict, embed: np.ndarray):
     """The lm_head as fn(x f32 [T, dim], out f32 [T, vocab]), by the tensors the file holds."""
     w = t.get("lm_head.weight")
-    if "lm_head.sub" in t:                                  # q4: engine/q4.py
+    if "lm_head.sub" in t:                                  # q4: engine/quant.py
         sub, scale = t["lm_head.sub"], t["lm_head.scale"]
         return lambda x, out: K.q4_linear(w, sub, scale, x, out=out)
     if "lm_head.scale" in t:                                # int8, one scale per row
