@@ -1,4 +1,4 @@
-"""Kernel benchmark: GEMV / GEMM of ternary (T2, T1), fp16 and int8 weights at BitNet-2B shapes,
+"""Kernel benchmark: GEMV / GEMM of ternary (T2, T1, TL1), fp16 and int8 weights at BitNet-2B shapes,
 next to this machine's DRAM read bandwidth measured in the same run.
 
     python benchmarks/bench_kernels.py [--json out.json] [--rounds 5] [--threads 1,2]
@@ -32,14 +32,16 @@ except ImportError:  # run from a source checkout built in place
 
 # BitNet b1.58 2B4T: hidden 2560, 20 query / 5 kv heads of 128, intermediate 6912, vocab 128256.
 SHAPES = [  # (name, N, K, formats)
-    ("attn.qo", 2560, 2560, ("t2", "t1", "f16")),
-    ("attn.kv", 640, 2560, ("t2", "t1", "f16")),
-    ("mlp.gate_up", 6912, 2560, ("t2", "t1", "f16")),
-    ("mlp.down", 2560, 6912, ("t2", "t1", "f16")),
+    ("attn.qo", 2560, 2560, ("t2", "t1", "tl1", "f16")),
+    ("attn.kv", 640, 2560, ("t2", "t1", "tl1", "f16")),
+    ("mlp.gate_up", 6912, 2560, ("t2", "t1", "tl1", "f16")),
+    ("mlp.down", 2560, 6912, ("t2", "t1", "tl1", "f16")),
     ("lm_head", 128256, 2560, ("f16", "int8")),
 ]
 GEMM_M = 128
-BITS = {"t2": 2.0, "t1": 1.6, "f16": 16.0, "int8": 8.0}
+BATCH_M = 8  # the few-token step ("m8" rows): a batch of decode tokens through DRAM weights
+BITS = {"t2": 2.0, "t1": 1.6, "tl1": 2.0, "f16": 16.0, "int8": 8.0}
+TERNARY = ("t2", "t1", "tl1")
 
 
 def last_level_cache_bytes():
@@ -55,6 +57,17 @@ def last_level_cache_bytes():
         unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
         best = max(best, int(size.rstrip("KMG")) * unit)
     return best or 32 << 20
+
+
+def l2_cache_bytes():
+    """Per-core L2 of cpu0 from sysfs; 1 MiB if unreadable."""
+    try:
+        idx = Path("/sys/devices/system/cpu/cpu0/cache/index2")
+        size = (idx / "size").read_text().strip()
+        unit = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+        return int(size.rstrip("KM")) * unit
+    except (OSError, ValueError):
+        return 1 << 20
 
 
 def cpu_model():
@@ -75,14 +88,16 @@ class Variant:
         self.kernel, self.fmt, self.n, self.k, self.m = kernel, fmt, n, k, m
         self.x = rng.standard_normal((m, k)).astype(np.float32)
         self.out = np.empty((m, n), np.float32)
-        if fmt in ("t2", "t1"):
+        if fmt in TERNARY:
             self.q, self.act_scale = K.quantize_rows(self.x)
             self.weight_scale = 0.0173
         if share is not None:
             self.w_int, self.row_scale, self.copies = share.w_int, share.row_scale, share.copies
+            if min_bytes == -1:  # one hot copy: the weights stay in cache between calls
+                self.copies = self.copies[:1]
         else:
             self.w_int = self.row_scale = None
-            if fmt in ("t2", "t1"):
+            if fmt in TERNARY:
                 self.w_int = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
                 w = K.pack(fmt, self.w_int)
             elif fmt == "f16":
@@ -97,7 +112,7 @@ class Variant:
         self.times, self.cpu_share, self.dram = [], [], []
 
     def call(self, w):
-        if self.fmt in ("t2", "t1"):
+        if self.fmt in TERNARY:
             K.ternary_linear(self.fmt, w, self.k, self.q, self.act_scale, self.weight_scale, out=self.out)
         elif self.fmt == "f16":
             K.f16_linear(w, self.x, out=self.out)
@@ -111,13 +126,13 @@ class Variant:
         self.call(w)
         x64 = self.x.astype(np.float64)
         got_acc = None
-        if self.fmt in ("t2", "t1"):
+        if self.fmt in TERNARY:
             got_acc = K.ternary_matmul_i32(self.fmt, w, self.k, self.q)
             q64 = self.q.astype(np.float64)
         for n0 in range(0, self.n, rows_per_block):
             rows = slice(n0, min(self.n, n0 + rows_per_block))
             out = self.out[:, rows]
-            if self.fmt in ("t2", "t1"):
+            if self.fmt in TERNARY:
                 acc = (q64 @ self.w_int[rows].T.astype(np.float64)).astype(np.int32)  # exact
                 if not np.array_equal(got_acc[:, rows], acc):
                     m, n = np.argwhere(got_acc[:, rows] != acc)[0]
@@ -168,6 +183,8 @@ def parse_args(argv):
                    + ", ".join(s[0] for s in SHAPES))
     p.add_argument("--formats", help="comma-separated formats (default: all): t2,t1,f16,int8")
     p.add_argument("--gemm-m", type=int, default=GEMM_M, help="tokens of the GEMM rows")
+    p.add_argument("--batch-m", type=int, default=BATCH_M,
+                   help="tokens of the few-token 'm8' rows (ternary formats; DRAM weights)")
     p.add_argument("--isa", help="comma-separated ISAs to time, or 'all' for every SIMD ISA here "
                    "(default: the active one; 'ref' only when named: the scalar reference is slow)")
     p.add_argument("--cache-multiple", type=float, default=4.0,
@@ -217,6 +234,11 @@ def main(argv=None):
         for fmt in fmts:
             gemv = Variant("gemv", fmt, n, k, 1, rng, min_bytes)
             variants += [gemv, Variant("gemm", fmt, n, k, args.gemm_m, rng, 0, share=gemv)]
+            if fmt in TERNARY:  # the same weights hot in cache ("l2" when they fit one core's
+                # L2, else "l3"), and a few-token batch streaming them from DRAM like the GEMV
+                hot = "l2" if gemv.bytes <= l2_cache_bytes() else "l3"
+                variants += [Variant(hot, fmt, n, k, 1, rng, -1, share=gemv),
+                             Variant("m8", fmt, n, k, args.batch_m, rng, 0, share=gemv)]
         for isa in isas:
             K.set_isa(isa)
             for t in thread_counts:  # validate before timing, at every thread count
@@ -318,9 +340,30 @@ def print_targets(records, threads, isa):
                 ok = r >= 10.0 if fmt in ("t2", "t1") else None
                 lines.append((f"{fmt} GEMM M={gm['M']} >= 10x GEMV tok/s", f"{r:.1f}x "
                               f"({gm['gops']:.0f} GOPS; {at_dram:.1f}x a GEMV at 100% DRAM)", ok))
+        lines += tl1_lines(get, n, k)
         for what, value, ok in lines:
             mark = "" if ok is None else ("ok" if ok else "MISS")
             print(f"{name:<12} {f'{n}x{k}':>12}  {what:<32} {value:<46} {mark}")
+
+
+def tl1_lines(get, n, k):
+    """TL1 beside T2 at one shape: weights/s of a GEMV (DRAM and hot in cache), GEMM GOPS, and
+    the step cost of a few-token batch over a GEMV's (a batch must cost far less than M GEMVs)."""
+    lines = []
+    for kernel in ("gemv", "l2", "l3", "gemm"):
+        t2, tl1 = get.get((kernel, "t2", n, k)), get.get((kernel, "tl1", n, k))
+        if t2 and tl1:
+            if kernel == "gemm":
+                value = f"TL1 {tl1['gops']:.0f} vs T2 {t2['gops']:.0f} GOPS"
+            else:
+                value = f"TL1 {n * k / tl1['seconds'] / 1e9:.1f} vs T2 {n * k / t2['seconds'] / 1e9:.1f} Gweights/s"
+            lines.append((f"TL1 {kernel} vs T2", value + f" ({t2['seconds'] / tl1['seconds']:.2f}x)", None))
+    for fmt in ("t2", "tl1"):
+        gv, b = get.get(("gemv", fmt, n, k)), get.get(("m8", fmt, n, k))
+        if gv and b:
+            lines.append((f"{fmt} M={b['M']} / M=1 step cost", f"{b['seconds'] / gv['seconds']:.2f}x "
+                          f"({b['seconds'] * 1e6:.0f} vs {gv['seconds'] * 1e6:.0f} us)", None))
+    return lines
 
 
 if __name__ == "__main__":
