@@ -479,15 +479,52 @@ def write_gguf_bitnet(ck, out, qtype="TQ2_0"):
     w.close()
 
 
-def write_gguf_llama(ck, out, q8_0=()):
+def llama3_rope_freqs(rp, head_dim):
+    """convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: the rope_freqs tensor of a
+    transformers "llama3" rope config (the per-dimension divisors of inv_freq)."""
+    import math
+
+    base = rp.get("rope_theta", 10000.0)
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    factor, low, high = rp.get("factor", 8.0), rp.get("low_freq_factor", 1.0), rp.get("high_freq_factor", 4.0)
+    old = rp.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old / low, old / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32).numpy()
+
+
+def write_gguf_llama(ck, out, q8_0=(), rope=None):
     """A llama.cpp 'llama' GGUF of a plain fp16 Llama (LlamaModel in convert_hf_to_gguf.py):
-    Q/K rows permuted, F16 matrices (Q8_0 for the HF names in q8_0), F32 norms, GPT-2 BPE vocab."""
+    Q/K rows permuted, F16 matrices (Q8_0 for the HF names in q8_0), F32 norms, GPT-2 BPE vocab.
+    rope: the transformers rope_parameters to carry, as convert_hf_to_gguf.py writes them
+    (linear / yarn: rope.scaling.* keys; llama3: a rope_freqs tensor)."""
     import gguf
 
     d = ck.dims
     sd = _hf_tensors(ck.path)
     w = gguf.GGUFWriter(out, "llama")
     _gguf_header(w, "llama", d)
+    kind = (rope or {}).get("rope_type", "default")
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rope["factor"])
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    elif kind == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_freqs(rope, d.head_dim))
+    elif kind != "default":
+        raise ValueError(f"no GGUF form for rope type {kind!r} here")
     with open(os.path.join(ck.path, "tokenizer.json"), "rb") as f:
         _gguf_bpe_vocab(w, f.read(), d.vocab)
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"].astype(np.float16))

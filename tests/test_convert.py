@@ -324,9 +324,12 @@ def test_errors(capsys, tmp_path, offline):
     rope = tmp_path / "rope"
     shutil.copytree(ck.path, rope)
     cfg = json.load(open(rope / "config.json"))
+    cfg["rope_parameters"] = {"rope_type": "proportional", "rope_theta": 500000.0, "factor": 8.0}
+    json.dump(cfg, open(rope / "config.json", "w"))
+    assert "RoPE type 'proportional' is not supported" in _run_error(capsys, [str(rope), "-o", out])
     cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
     json.dump(cfg, open(rope / "config.json", "w"))
-    assert "RoPE type 'llama3' is not supported" in _run_error(capsys, [str(rope), "-o", out])
+    assert "RoPE type 'llama3': missing or bad parameter 'low_freq_factor'" in _run_error(capsys, [str(rope), "-o", out])
 
     empty = tmp_path / "empty"
     empty.mkdir()

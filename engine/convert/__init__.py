@@ -37,6 +37,7 @@ Memory: at most one tensor's float32 copy exists at a time; big matrices go in r
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -101,19 +102,68 @@ class HFCheckpoint(TensorSet):
         return sorted(n for n in self.tensors if n not in self.used and not n.endswith("rotary_emb.inv_freq"))
 
 
-def _rope_theta(cfg, model_type):
-    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if isinstance(rp, dict) and any(isinstance(v, dict) for v in rp.values()):
+def _rope(cfg, model_type, head_dim) -> tuple[float, dict | None]:
+    """-> (rope_theta, the .tpk rope_scaling dict or None), resolved the way transformers 5.25
+    does (modeling_rope_utils.py RotaryEmbeddingConfigMixin.convert_rope_params_to_dict /
+    standardize_rope_params and the _compute_*_parameters functions): a legacy `rope_scaling`
+    wins over `rope_parameters`; rope_theta from the dict, else top-level, else the model's
+    default; "type" is the old name of "rope_type"; llama3/yarn/longrope take
+    original_max_position_embeddings from the top level first, then the dict, then
+    max_position_embeddings."""
+    rp = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    if not isinstance(rp, dict) or any(isinstance(v, dict) for v in rp.values()):
         raise ConvertError("per-layer RoPE parameters are not supported")
-    rope_type = rp.get("rope_type", rp.get("type", "default")) if isinstance(rp, dict) else "default"
-    if rope_type == "linear" and float(rp.get("factor", 1.0)) == 1.0:
-        rope_type = "default"
-    if rope_type != "default":
-        raise ConvertError(f"RoPE type {rope_type!r} is not supported (only plain RoPE with a theta)")
-    theta = rp.get("rope_theta") if isinstance(rp, dict) else None
-    if theta is None:
-        theta = cfg.get("rope_theta", DEFAULT_THETA[model_type])
-    return float(theta)
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    theta = rp.get("rope_theta")
+    theta = float(cfg.get("rope_theta", DEFAULT_THETA[model_type]) if theta is None else theta)
+    prf = rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if prf is not None and float(prf) != 1.0:
+        raise ConvertError(f"partial RoPE (partial_rotary_factor {prf}) is not supported")
+    mpe = int(cfg.get("max_position_embeddings") or 2048)
+    orig = int(cfg.get("original_max_position_embeddings") or rp.get("original_max_position_embeddings") or mpe)
+    try:
+        if kind == "default" or (kind == "linear" and float(rp.get("factor", 1.0)) == 1.0):
+            return theta, None
+        if kind == "linear":
+            return theta, {"rope_type": "linear", "factor": float(rp["factor"])}
+        if kind == "dynamic":  # uses max_position_embeddings, not the original length
+            return theta, {"rope_type": "dynamic", "factor": float(rp["factor"]), "max_position_embeddings": mpe}
+        if kind == "llama3":
+            return theta, {"rope_type": "llama3", "factor": float(rp["factor"]),
+                           "low_freq_factor": float(rp["low_freq_factor"]),
+                           "high_freq_factor": float(rp["high_freq_factor"]),
+                           "original_max_position_embeddings": orig}
+        if kind == "yarn":  # _compute_yarn_parameters: factor, then the attention factor
+            factor = rp.get("factor")
+            factor = float(mpe / orig if factor is None else factor)
+            af = rp.get("attention_factor")
+            if af is None:
+                ms, ms_all = rp.get("mscale"), rp.get("mscale_all_dim")
+                af = (_yarn_mscale(factor, ms) / _yarn_mscale(factor, ms_all) if ms and ms_all
+                      else _yarn_mscale(factor))
+            return theta, {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": orig,
+                           "beta_fast": float(rp.get("beta_fast") or 32), "beta_slow": float(rp.get("beta_slow") or 1),
+                           "truncate": bool(rp.get("truncate", True)), "attention_factor": float(af)}
+        if kind == "longrope":  # _compute_longrope_parameters
+            factor = rp.get("factor")
+            factor = float(mpe / orig if factor is None else factor)
+            af = rp.get("attention_factor")
+            if af is None:
+                af = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+            short, long_ = [float(x) for x in rp["short_factor"]], [float(x) for x in rp["long_factor"]]
+            if len(short) != head_dim // 2 or len(long_) != head_dim // 2:
+                raise ConvertError(f"longrope short/long_factor need {head_dim // 2} values each")
+            return theta, {"rope_type": "longrope", "short_factor": short, "long_factor": long_,
+                           "original_max_position_embeddings": orig, "attention_factor": float(af)}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"RoPE type {kind!r}: missing or bad parameter {e}") from None
+    raise ConvertError(f"RoPE type {kind!r} is not supported "
+                       "(default, linear, dynamic, yarn, llama3, longrope)")
+
+
+def _yarn_mscale(scale, mscale=1):
+    """modeling_rope_utils.yarn_get_mscale."""
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
 def _ids(value):
@@ -249,6 +299,7 @@ def _hf_config(src, cfg, ck) -> tuple[dict, dict, str]:
     if act not in ("relu2", "silu"):
         raise ConvertError(f"{src}: hidden_act {act!r} is not supported (relu2, silu)")
     how, scale_mode = _hf_weight_scheme(qc, linear_class, mode, sub_norms, model_type)
+    theta, rope_scaling = _rope(cfg, model_type, head_dim)
     config = {
         "format_version": tpk.FORMAT_VERSION,
         # "bitnet" = the graph with sub-norms; hidden_act says relu2 (BitNet) or silu (1bitLLM)
@@ -257,12 +308,14 @@ def _hf_config(src, cfg, ck) -> tuple[dict, dict, str]:
         "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
         "max_position": int(cfg.get("max_position_embeddings") or 2048),
         "rms_norm_eps": float(cfg.get("rms_norm_eps") or (1e-5 if model_type == "bitnet" else 1e-6)),
-        "rope_theta": _rope_theta(cfg, model_type), "rope_style": "neox",
+        "rope_theta": theta, "rope_style": "neox",
         "hidden_act": act, "sub_norms": sub_norms,
         "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
         "scale_mode": scale_mode,
         "proj_norm_eps": float(qc.get("rms_norm_eps") or 1e-6) if qc and qc.get("use_rms_norm") else None,
     }
+    if rope_scaling is not None:  # absent: plain RoPE (files written before the key existed)
+        config["rope_scaling"] = rope_scaling
     return config, sub_names, how
 
 
