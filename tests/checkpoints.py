@@ -210,9 +210,18 @@ def _write_tokenizer(path, tokenizer, tmp_dir):
 # the kinds
 
 
-def bitnet_offline(tmp, d, seed=1, shard_bytes=None, use_rms_norm=False):
-    """(1) transformers BitNet, autobitlinear offline: packed U8 + bf16 weight_scale; f32 embeddings/norms."""
+def bitnet_offline(tmp, d, seed=1, shard_bytes=None, use_rms_norm=False, embed_f32=False, scale_0d=False,
+                   legacy_config=False, lm_head_copy=False):
+    """(1) transformers BitNet, autobitlinear offline: packed U8 + bf16 weight_scale; f32 embeddings/norms.
+    Variants as real files have them: embed_f32: float32 N(0, 1) embeddings that fp16 cannot
+    hold exactly; scale_0d: weight_scale as a 0-d tensor; legacy_config: top-level rope_theta and
+    torch_dtype, no rope_parameters, no rms_norm_eps, a head_dim key; lm_head_copy: a saved
+    lm_head.weight next to the tied embedding."""
     sd = random_weights(d, seed, sub_norms=True)
+    if embed_f32:
+        sd["model.embed_tokens.weight"] = _rng(seed + 200).standard_normal((d.vocab, d.hidden)).astype(np.float32)
+    if lm_head_copy:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"].copy()
     sd, tern = _ternary_state(sd, d, absmean_quant, hf_pack, np.float32, "mul")
     qc = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"}
     if use_rms_norm:
@@ -227,9 +236,20 @@ def bitnet_offline(tmp, d, seed=1, shard_bytes=None, use_rms_norm=False):
     # what the model computes with: the scale rounded to bf16
     tern = {b: (q, np.float32(tensors[b + ".weight_scale"].float().item()), "mul") for b, (q, s) in tern.items()}
     cfg = _config("bitnet", d, quantization_config=qc)
+    if legacy_config:
+        cfg.pop("rope_parameters", None)
+        cfg.pop("rms_norm_eps", None)
+        cfg.update(rope_theta=d.theta, torch_dtype="bfloat16", head_dim=d.head_dim)
+        cfg.pop("dtype", None)
     path = os.path.join(tmp, "bitnet_offline")
     _save_any(path, tensors, cfg, shard_bytes=shard_bytes)
-    return Checkpoint(path, path, "BitNetForCausalLM", d, "bitnet-offline", tern)
+    if not scale_0d:
+        return Checkpoint(path, path, "BitNetForCausalLM", d, "bitnet-offline", tern)
+    # transformers loads only [1]-shaped scales: it gets `path`, the converter the 0-d copy
+    conv = os.path.join(tmp, "bitnet_offline_0d")
+    _save_any(conv, {k: v.reshape(()) if k.endswith("weight_scale") else v for k, v in tensors.items()},
+              cfg, shard_bytes=shard_bytes)
+    return Checkpoint(conv, path, "BitNetForCausalLM", d, "bitnet-offline", tern)
 
 
 def bitnet_online(tmp, d, seed=2, use_rms_norm=False):

@@ -401,6 +401,22 @@ def _f16(t, name):
     return out
 
 
+def _fits_f16(t) -> bool:
+    """Whether float16 holds the embedding: every normal-range value exact (bf16 and f16
+    sources; f16 subnormals only lose ~3e-8 absolute on tiny values) and nothing beyond +-65504.
+    An f32 embedding that is not (e.g. a BitNet checkpoint saved "offline" with f32 tied
+    embeddings) is stored as f32: rounding it to f16 perturbs the residual stream by ~5e-4
+    relative, enough to flip int8 activation roundings downstream, which moved logits by
+    1-4 % of max |logit| against transformers (issue 16 item 5)."""
+    for rows in t.row_chunks():
+        x = t.f32(rows)
+        with np.errstate(over="ignore"):
+            y = x.astype(np.float16).astype(np.float32)
+        if not np.all((y == x) | (np.abs(x) < np.float32(2.0 ** -14))):
+            return False
+    return True
+
+
 def _kernels():
     try:
         from engine import kernels
@@ -424,7 +440,7 @@ def _check_options(src, weights, lm_head, scale, dtype) -> None:
         raise ConvertError(f"{src}: no such file or directory")
 
 
-def _producer(linears, vectors, tok_bytes, fmt, lm_head, scale):
+def _producer(linears, vectors, tok_bytes, fmt, lm_head, scale, embed_f32=False):
     """produce(name) -> the array of tpk tensor `name`, or a dict of several (each linear's
     weight and scale come together, as do the lm_head tensors)."""
     kernels = _kernels() if fmt in tpk.TERNARY_FORMATS else None
@@ -433,6 +449,8 @@ def _producer(linears, vectors, tok_bytes, fmt, lm_head, scale):
         if name == "tokenizer":
             return np.frombuffer(tok_bytes, dtype=np.uint8)
         if name == "embed":
+            if embed_f32:
+                return np.ascontiguousarray(vectors["embed"].f32())
             return _f16(vectors["embed"], name)
         if name.startswith("lm_head."):
             head = vectors.get("lm_head", vectors["embed"])
@@ -496,8 +514,12 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
         tpk.check_config(config)
     except TpkError as e:
         raise ConvertError(f"{src}: {e}") from None
-    specs = tpk.expected_tensors(config, "F16", len(tok_bytes))
-    _write(src, out, config, specs, _producer(linears, vectors, tok_bytes, fmt, lm_head, scale), progress)
+    embed_dtype = "F16" if _fits_f16(vectors["embed"]) else "F32"
+    specs = tpk.expected_tensors(config, embed_dtype, len(tok_bytes))
+    if embed_dtype == "F32" and config["tie_word_embeddings"] and lm_head == "f16":
+        del specs["lm_head.weight"]  # tied: the head is the exact f32 embedding (tpk.validate)
+    _write(src, out, config, specs, _producer(linears, vectors, tok_bytes, fmt, lm_head, scale,
+                                                embed_dtype == "F32"), progress)
     return config
 
 

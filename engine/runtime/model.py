@@ -132,9 +132,11 @@ def head_linear(t: dict, embed: np.ndarray):
     if "lm_head.scale" in t:                                # int8, one scale per row
         scale = t["lm_head.scale"]
         return lambda x, out: K.int8_linear(w, scale, x, out=out)
+    if w is None and embed.dtype == np.float32:             # tied, exact f32 embedding
+        return lambda x, out: np.matmul(x, embed.T, out=out)
     if w is None:
         if embed.dtype != np.float16:
-            raise ValueError("tied head needs an f16 embed or an lm_head.weight tensor")
+            raise ValueError("tied head needs an f16/f32 embed or an lm_head.weight tensor")
         w = embed                                           # tied
     return lambda x, out: K.f16_linear(w, x, out=out)
 
