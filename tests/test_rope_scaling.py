@@ -151,3 +151,31 @@ def test_gguf_round_trip(built, tmp_path, name):
     got = engine_greedy(out, prompt, GREEDY)
     print(f"gguf rope {name}: max |logit diff| = {rel:.2e} x max |logit|, greedy match {got == greedy}")
     assert rel <= 1e-3 and got == greedy
+
+
+@pytest.mark.parametrize("name", ["dynamic", "longrope"])
+def test_batch_and_prefix_reuse_follow_the_sequence_length(built, name):
+    """Batch (prefill split in chunks of 5, sequences of different lengths side by side) and
+    Engine.generate (twice: no prefix reuse across lengths) give engine_greedy's tokens."""
+    from engine.runtime import batch as B
+    from engine.runtime.generate import Engine
+    from engine.runtime.model import Model
+    from engine.runtime.sampling import Sampler, SamplingParams
+
+    ck, out = built(name)
+    prompts = [prompt_of(48), prompt_of(12, seed=4), prompt_of(30, seed=5), prompt_of(44, seed=6)]
+    want = [engine_greedy(out, p, GREEDY) for p in prompts]
+    model = Model(tpk.read(out), ctx=128)
+    greedy = SamplingParams(temperature=0.0)
+    batch = B.Batch(model, max_batch=3, prefill_chunk=5)
+    seqs = []
+    for p in prompts:  # join while others decode: their prompts run in chunks of 5
+        seqs.append(batch.submit(B.Sequence(p, GREEDY, Sampler(greedy, D.vocab, seed=0))))
+        for _ in range(2):
+            batch.step()
+    batch.run_until_done()
+    assert [s.generated for s in seqs] == want
+    eng = Engine(out, ctx=128)
+    for p, w in [(prompts[2], want[2]), (prompts[2][:20], engine_greedy(out, prompts[2][:20], GREEDY)),
+                 (prompts[2], want[2])]:
+        assert list(eng.generate_ids(p, GREEDY, Sampler(greedy, D.vocab, seed=0))) == w
