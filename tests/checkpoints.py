@@ -211,12 +211,13 @@ def _write_tokenizer(path, tokenizer, tmp_dir):
 
 
 def bitnet_offline(tmp, d, seed=1, shard_bytes=None, use_rms_norm=False, embed_f32=False, scale_0d=False,
-                   legacy_config=False, lm_head_copy=False):
+                   legacy_config=False, lm_head_copy=False, bf16_norms=False):
     """(1) transformers BitNet, autobitlinear offline: packed U8 + bf16 weight_scale; f32 embeddings/norms.
     Variants as real files have them: embed_f32: float32 N(0, 1) embeddings that fp16 cannot
     hold exactly; scale_0d: weight_scale as a 0-d tensor; legacy_config: top-level rope_theta and
     torch_dtype, no rope_parameters, no rms_norm_eps, a head_dim key; lm_head_copy: a saved
-    lm_head.weight next to the tied embedding."""
+    lm_head.weight next to the tied embedding; bf16_norms: every RMSNorm weight stored bf16
+    (transformers 5.25 keeps them bf16 under dtype=float32 and multiplies in float32)."""
     sd = random_weights(d, seed, sub_norms=True)
     if embed_f32:
         sd["model.embed_tokens.weight"] = _rng(seed + 200).standard_normal((d.vocab, d.hidden)).astype(np.float32)
@@ -233,6 +234,8 @@ def bitnet_offline(tmp, d, seed=1, shard_bytes=None, use_rms_norm=False, embed_f
     tensors = {}
     for k, v in sd.items():  # weight_scale as bf16 like the released checkpoints
         tensors[k] = _bf16(v) if k.endswith("weight_scale") else torch.from_numpy(np.ascontiguousarray(v))
+        if bf16_norms and "norm" in k and k.endswith(".weight"):
+            tensors[k] = _bf16(v)
     # what the model computes with: the scale rounded to bf16
     tern = {b: (q, np.float32(tensors[b + ".weight_scale"].float().item()), "mul") for b, (q, s) in tern.items()}
     cfg = _config("bitnet", d, quantization_config=qc)
