@@ -210,9 +210,19 @@ def _write_tokenizer(path, tokenizer, tmp_dir):
 # the kinds
 
 
-def bitnet_offline(tmp, d, seed=1, shard_bytes=None, use_rms_norm=False):
-    """(1) transformers BitNet, autobitlinear offline: packed U8 + bf16 weight_scale; f32 embeddings/norms."""
+def bitnet_offline(tmp, d, seed=1, shard_bytes=None, use_rms_norm=False, embed_f32=False, scale_0d=False,
+                   legacy_config=False, lm_head_copy=False, bf16_norms=False):
+    """(1) transformers BitNet, autobitlinear offline: packed U8 + bf16 weight_scale; f32 embeddings/norms.
+    Variants as real files have them: embed_f32: float32 N(0, 1) embeddings that fp16 cannot
+    hold exactly; scale_0d: weight_scale as a 0-d tensor; legacy_config: top-level rope_theta and
+    torch_dtype, no rope_parameters, no rms_norm_eps, a head_dim key; lm_head_copy: a saved
+    lm_head.weight next to the tied embedding; bf16_norms: every RMSNorm weight stored bf16
+    (transformers 5.25 keeps them bf16 under dtype=float32 and multiplies in float32)."""
     sd = random_weights(d, seed, sub_norms=True)
+    if embed_f32:
+        sd["model.embed_tokens.weight"] = _rng(seed + 200).standard_normal((d.vocab, d.hidden)).astype(np.float32)
+    if lm_head_copy:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"].copy()
     sd, tern = _ternary_state(sd, d, absmean_quant, hf_pack, np.float32, "mul")
     qc = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"}
     if use_rms_norm:
@@ -224,12 +234,25 @@ def bitnet_offline(tmp, d, seed=1, shard_bytes=None, use_rms_norm=False):
     tensors = {}
     for k, v in sd.items():  # weight_scale as bf16 like the released checkpoints
         tensors[k] = _bf16(v) if k.endswith("weight_scale") else torch.from_numpy(np.ascontiguousarray(v))
+        if bf16_norms and "norm" in k and k.endswith(".weight"):
+            tensors[k] = _bf16(v)
     # what the model computes with: the scale rounded to bf16
     tern = {b: (q, np.float32(tensors[b + ".weight_scale"].float().item()), "mul") for b, (q, s) in tern.items()}
     cfg = _config("bitnet", d, quantization_config=qc)
+    if legacy_config:
+        cfg.pop("rope_parameters", None)
+        cfg.pop("rms_norm_eps", None)
+        cfg.update(rope_theta=d.theta, torch_dtype="bfloat16", head_dim=d.head_dim)
+        cfg.pop("dtype", None)
     path = os.path.join(tmp, "bitnet_offline")
     _save_any(path, tensors, cfg, shard_bytes=shard_bytes)
-    return Checkpoint(path, path, "BitNetForCausalLM", d, "bitnet-offline", tern)
+    if not scale_0d:
+        return Checkpoint(path, path, "BitNetForCausalLM", d, "bitnet-offline", tern)
+    # transformers loads only [1]-shaped scales: it gets `path`, the converter the 0-d copy
+    conv = os.path.join(tmp, "bitnet_offline_0d")
+    _save_any(conv, {k: v.reshape(()) if k.endswith("weight_scale") else v for k, v in tensors.items()},
+              cfg, shard_bytes=shard_bytes)
+    return Checkpoint(conv, path, "BitNetForCausalLM", d, "bitnet-offline", tern)
 
 
 def bitnet_online(tmp, d, seed=2, use_rms_norm=False):
@@ -479,15 +502,52 @@ def write_gguf_bitnet(ck, out, qtype="TQ2_0"):
     w.close()
 
 
-def write_gguf_llama(ck, out, q8_0=()):
+def llama3_rope_freqs(rp, head_dim):
+    """convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: the rope_freqs tensor of a
+    transformers "llama3" rope config (the per-dimension divisors of inv_freq)."""
+    import math
+
+    base = rp.get("rope_theta", 10000.0)
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    factor, low, high = rp.get("factor", 8.0), rp.get("low_freq_factor", 1.0), rp.get("high_freq_factor", 4.0)
+    old = rp.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old / low, old / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32).numpy()
+
+
+def write_gguf_llama(ck, out, q8_0=(), rope=None):
     """A llama.cpp 'llama' GGUF of a plain fp16 Llama (LlamaModel in convert_hf_to_gguf.py):
-    Q/K rows permuted, F16 matrices (Q8_0 for the HF names in q8_0), F32 norms, GPT-2 BPE vocab."""
+    Q/K rows permuted, F16 matrices (Q8_0 for the HF names in q8_0), F32 norms, GPT-2 BPE vocab.
+    rope: the transformers rope_parameters to carry, as convert_hf_to_gguf.py writes them
+    (linear / yarn: rope.scaling.* keys; llama3: a rope_freqs tensor)."""
     import gguf
 
     d = ck.dims
     sd = _hf_tensors(ck.path)
     w = gguf.GGUFWriter(out, "llama")
     _gguf_header(w, "llama", d)
+    kind = (rope or {}).get("rope_type", "default")
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rope["factor"])
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    elif kind == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_freqs(rope, d.head_dim))
+    elif kind != "default":
+        raise ValueError(f"no GGUF form for rope type {kind!r} here")
     with open(os.path.join(ck.path, "tokenizer.json"), "rb") as f:
         _gguf_bpe_vocab(w, f.read(), d.vocab)
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"].astype(np.float16))

@@ -37,6 +37,7 @@ Memory: at most one tensor's float32 copy exists at a time; big matrices go in r
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -101,19 +102,68 @@ class HFCheckpoint(TensorSet):
         return sorted(n for n in self.tensors if n not in self.used and not n.endswith("rotary_emb.inv_freq"))
 
 
-def _rope_theta(cfg, model_type):
-    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if isinstance(rp, dict) and any(isinstance(v, dict) for v in rp.values()):
+def _rope(cfg, model_type, head_dim) -> tuple[float, dict | None]:
+    """-> (rope_theta, the .tpk rope_scaling dict or None), resolved the way transformers 5.25
+    does (modeling_rope_utils.py RotaryEmbeddingConfigMixin.convert_rope_params_to_dict /
+    standardize_rope_params and the _compute_*_parameters functions): a legacy `rope_scaling`
+    wins over `rope_parameters`; rope_theta from the dict, else top-level, else the model's
+    default; "type" is the old name of "rope_type"; llama3/yarn/longrope take
+    original_max_position_embeddings from the top level first, then the dict, then
+    max_position_embeddings."""
+    rp = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    if not isinstance(rp, dict) or any(isinstance(v, dict) for v in rp.values()):
         raise ConvertError("per-layer RoPE parameters are not supported")
-    rope_type = rp.get("rope_type", rp.get("type", "default")) if isinstance(rp, dict) else "default"
-    if rope_type == "linear" and float(rp.get("factor", 1.0)) == 1.0:
-        rope_type = "default"
-    if rope_type != "default":
-        raise ConvertError(f"RoPE type {rope_type!r} is not supported (only plain RoPE with a theta)")
-    theta = rp.get("rope_theta") if isinstance(rp, dict) else None
-    if theta is None:
-        theta = cfg.get("rope_theta", DEFAULT_THETA[model_type])
-    return float(theta)
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    theta = rp.get("rope_theta")
+    theta = float(cfg.get("rope_theta", DEFAULT_THETA[model_type]) if theta is None else theta)
+    prf = rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if prf is not None and float(prf) != 1.0:
+        raise ConvertError(f"partial RoPE (partial_rotary_factor {prf}) is not supported")
+    mpe = int(cfg.get("max_position_embeddings") or 2048)
+    orig = int(cfg.get("original_max_position_embeddings") or rp.get("original_max_position_embeddings") or mpe)
+    try:
+        if kind == "default" or (kind == "linear" and float(rp.get("factor", 1.0)) == 1.0):
+            return theta, None
+        if kind == "linear":
+            return theta, {"rope_type": "linear", "factor": float(rp["factor"])}
+        if kind == "dynamic":  # uses max_position_embeddings, not the original length
+            return theta, {"rope_type": "dynamic", "factor": float(rp["factor"]), "max_position_embeddings": mpe}
+        if kind == "llama3":
+            return theta, {"rope_type": "llama3", "factor": float(rp["factor"]),
+                           "low_freq_factor": float(rp["low_freq_factor"]),
+                           "high_freq_factor": float(rp["high_freq_factor"]),
+                           "original_max_position_embeddings": orig}
+        if kind == "yarn":  # _compute_yarn_parameters: factor, then the attention factor
+            factor = rp.get("factor")
+            factor = float(mpe / orig if factor is None else factor)
+            af = rp.get("attention_factor")
+            if af is None:
+                ms, ms_all = rp.get("mscale"), rp.get("mscale_all_dim")
+                af = (_yarn_mscale(factor, ms) / _yarn_mscale(factor, ms_all) if ms and ms_all
+                      else _yarn_mscale(factor))
+            return theta, {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": orig,
+                           "beta_fast": float(rp.get("beta_fast") or 32), "beta_slow": float(rp.get("beta_slow") or 1),
+                           "truncate": bool(rp.get("truncate", True)), "attention_factor": float(af)}
+        if kind == "longrope":  # _compute_longrope_parameters
+            factor = rp.get("factor")
+            factor = float(mpe / orig if factor is None else factor)
+            af = rp.get("attention_factor")
+            if af is None:
+                af = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+            short, long_ = [float(x) for x in rp["short_factor"]], [float(x) for x in rp["long_factor"]]
+            if len(short) != head_dim // 2 or len(long_) != head_dim // 2:
+                raise ConvertError(f"longrope short/long_factor need {head_dim // 2} values each")
+            return theta, {"rope_type": "longrope", "short_factor": short, "long_factor": long_,
+                           "original_max_position_embeddings": orig, "attention_factor": float(af)}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"RoPE type {kind!r}: missing or bad parameter {e}") from None
+    raise ConvertError(f"RoPE type {kind!r} is not supported "
+                       "(default, linear, dynamic, yarn, llama3, longrope)")
+
+
+def _yarn_mscale(scale, mscale=1):
+    """modeling_rope_utils.yarn_get_mscale."""
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
 def _ids(value):
@@ -249,6 +299,7 @@ def _hf_config(src, cfg, ck) -> tuple[dict, dict, str]:
     if act not in ("relu2", "silu"):
         raise ConvertError(f"{src}: hidden_act {act!r} is not supported (relu2, silu)")
     how, scale_mode = _hf_weight_scheme(qc, linear_class, mode, sub_norms, model_type)
+    theta, rope_scaling = _rope(cfg, model_type, head_dim)
     config = {
         "format_version": tpk.FORMAT_VERSION,
         # "bitnet" = the graph with sub-norms; hidden_act says relu2 (BitNet) or silu (1bitLLM)
@@ -257,12 +308,14 @@ def _hf_config(src, cfg, ck) -> tuple[dict, dict, str]:
         "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
         "max_position": int(cfg.get("max_position_embeddings") or 2048),
         "rms_norm_eps": float(cfg.get("rms_norm_eps") or (1e-5 if model_type == "bitnet" else 1e-6)),
-        "rope_theta": _rope_theta(cfg, model_type), "rope_style": "neox",
+        "rope_theta": theta, "rope_style": "neox",
         "hidden_act": act, "sub_norms": sub_norms,
         "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
         "scale_mode": scale_mode,
         "proj_norm_eps": float(qc.get("rms_norm_eps") or 1e-6) if qc and qc.get("use_rms_norm") else None,
     }
+    if rope_scaling is not None:  # absent: plain RoPE (files written before the key existed)
+        config["rope_scaling"] = rope_scaling
     return config, sub_names, how
 
 
@@ -348,6 +401,22 @@ def _f16(t, name):
     return out
 
 
+def _fits_f16(t) -> bool:
+    """Whether float16 holds the embedding: every normal-range value exact (bf16 and f16
+    sources; f16 subnormals only lose ~3e-8 absolute on tiny values) and nothing beyond +-65504.
+    An f32 embedding that is not (e.g. a BitNet checkpoint saved "offline" with f32 tied
+    embeddings) is stored as f32: rounding it to f16 perturbs the residual stream by ~5e-4
+    relative, enough to flip int8 activation roundings downstream, which moved logits by
+    1-4 % of max |logit| against transformers (issue 16 item 5)."""
+    for rows in t.row_chunks():
+        x = t.f32(rows)
+        with np.errstate(over="ignore"):
+            y = x.astype(np.float16).astype(np.float32)
+        if not np.all((y == x) | (np.abs(x) < np.float32(2.0 ** -14))):
+            return False
+    return True
+
+
 def _kernels():
     try:
         from engine import kernels
@@ -371,7 +440,7 @@ def _check_options(src, weights, lm_head, scale, dtype) -> None:
         raise ConvertError(f"{src}: no such file or directory")
 
 
-def _producer(linears, vectors, tok_bytes, fmt, lm_head, scale):
+def _producer(linears, vectors, tok_bytes, fmt, lm_head, scale, embed_f32=False):
     """produce(name) -> the array of tpk tensor `name`, or a dict of several (each linear's
     weight and scale come together, as do the lm_head tensors)."""
     kernels = _kernels() if fmt in tpk.TERNARY_FORMATS else None
@@ -380,6 +449,8 @@ def _producer(linears, vectors, tok_bytes, fmt, lm_head, scale):
         if name == "tokenizer":
             return np.frombuffer(tok_bytes, dtype=np.uint8)
         if name == "embed":
+            if embed_f32:
+                return np.ascontiguousarray(vectors["embed"].f32())
             return _f16(vectors["embed"], name)
         if name.startswith("lm_head."):
             head = vectors.get("lm_head", vectors["embed"])
@@ -443,8 +514,12 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
         tpk.check_config(config)
     except TpkError as e:
         raise ConvertError(f"{src}: {e}") from None
-    specs = tpk.expected_tensors(config, "F16", len(tok_bytes))
-    _write(src, out, config, specs, _producer(linears, vectors, tok_bytes, fmt, lm_head, scale), progress)
+    embed_dtype = "F16" if _fits_f16(vectors["embed"]) else "F32"
+    specs = tpk.expected_tensors(config, embed_dtype, len(tok_bytes))
+    if embed_dtype == "F32" and config["tie_word_embeddings"] and lm_head == "f16":
+        del specs["lm_head.weight"]  # tied: the head is the exact f32 embedding (tpk.validate)
+    _write(src, out, config, specs, _producer(linears, vectors, tok_bytes, fmt, lm_head, scale,
+                                                embed_dtype == "F32"), progress)
     return config
 
 

@@ -15,6 +15,7 @@ The tokenizer: "llama" (SentencePiece-style pieces + scores) -> a SentencePiece 
 written here; "gpt2" (byte-level BPE) -> a tokenizer.json built with `tokenizers`.
 """
 import json
+import math
 import struct
 
 import numpy as np
@@ -108,14 +109,10 @@ def _config(f: _File) -> dict:
     rope_dim = int(meta(f"{arch}.rope.dimension_count", head_dim))
     if rope_dim != head_dim:
         raise ConvertError(f"{path}: partial RoPE ({rope_dim} of {head_dim} dims) is not supported")
-    scaling = meta(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", "linear") or (scaling == "linear" and meta(f"{arch}.rope.scaling.factor", 1.0) != 1.0):
-        raise ConvertError(f"{path}: RoPE scaling {scaling!r} is not supported")
-    if "rope_freqs.weight" in tensors:
-        raise ConvertError(f"{path}: rope_freqs (Llama-3.1 style RoPE scaling) is not supported")
+    rope_scaling = _rope_scaling(f, head_dim)
     if "token_embd.weight" not in tensors:
         raise ConvertError(f"{path}: missing tensor 'token_embd.weight'")
-    return {
+    config = {
         "format_version": tpk.FORMAT_VERSION, "architecture": arch,
         "hidden_size": hidden, "intermediate_size": inter, "num_layers": layers, "num_heads": heads,
         "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": int(tensors["token_embd.weight"].shape[1]),
@@ -127,6 +124,40 @@ def _config(f: _File) -> dict:
         "tie_word_embeddings": "output.weight" not in tensors or arch == "bitnet",
         "scale_mode": "mul", "proj_norm_eps": None,
     }
+    if rope_scaling is not None:
+        config["rope_scaling"] = rope_scaling
+    return config
+
+
+def _rope_scaling(f: _File, head_dim: int) -> dict | None:
+    """The .tpk rope_scaling from llama.cpp's keys ({arch}.rope.scaling.type / .factor /
+    .original_context_length) and the rope_freqs tensor. convert_hf_to_gguf.py writes a
+    transformers "linear" config as type linear + factor, "yarn" as type yarn + factor +
+    original_context_length, and "llama3" as no scaling key but a rope_freqs tensor: the
+    per-dimension divisors of inv_freq (LlamaModel.generate_extra_tensors), which llama.cpp
+    applies as freq_factors and the engine stores as type freq_factors."""
+    path, arch, meta = f.path, f.arch, f.meta
+    scaling = meta(f"{arch}.rope.scaling.type", "none")
+    factor = float(meta(f"{arch}.rope.scaling.factor", 1.0))
+    if "rope_freqs.weight" in f.tensors:
+        if scaling not in ("none", "linear") or (scaling == "linear" and factor != 1.0):
+            raise ConvertError(f"{path}: rope_freqs together with RoPE scaling {scaling!r} is not supported")
+        ff = f.vector("rope_freqs.weight").f32().reshape(-1)
+        if ff.size != head_dim // 2:
+            raise ConvertError(f"{path}: rope_freqs has {ff.size} values, expected {head_dim // 2}")
+        return {"rope_type": "freq_factors", "factors": [float(x) for x in ff]}
+    if scaling == "none" or (scaling == "linear" and factor == 1.0):
+        return None
+    if scaling == "linear":
+        return {"rope_type": "linear", "factor": factor}
+    if scaling == "yarn":  # transformers' yarn defaults: beta 32 / 1, attention factor 0.1 ln(s) + 1
+        orig = int(meta(f"{arch}.rope.scaling.original_context_length", 0) or 0)
+        if orig <= 0:
+            raise ConvertError(f"{path}: yarn RoPE scaling without {arch}.rope.scaling.original_context_length")
+        return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": orig,
+                "beta_fast": 32.0, "beta_slow": 1.0, "truncate": True,
+                "attention_factor": 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0}
+    raise ConvertError(f"{path}: RoPE scaling {scaling!r} is not supported (none, linear, yarn, rope_freqs)")
 
 
 def _linears(f: _File, config: dict) -> tuple[dict, set]:

@@ -38,7 +38,7 @@ class SrcTensor:
     def f32(self, rows=slice(None)):
         if self.row_index is not None:
             rows = self.row_index[rows]
-        a = self.arr[rows]
+        a = self.arr[rows] if self.arr.ndim else self.arr  # a 0-d tensor (e.g. a weight_scale) has no rows
         if self.dtype == "BF16":  # bf16 is the top half of a float32
             return (a.astype(np.uint32) << 16).view(np.float32)
         if self.dtype in ("F16", "F32", "F64"):

@@ -273,6 +273,7 @@ def check_config(config):
     eps = config.get("proj_norm_eps")
     if eps is not None and not (_is(eps, float) and eps > 0):
         raise TpkError(f"config 'proj_norm_eps' = {eps!r} is not a positive number or null")
+    check_rope_scaling(config.get("rope_scaling"), config["head_dim"])
     if config["num_heads"] % config["num_kv_heads"]:
         raise TpkError(f"num_heads {config['num_heads']} is not a multiple of num_kv_heads {config['num_kv_heads']}")
     if config["head_dim"] % 2:
@@ -288,6 +289,44 @@ def check_config(config):
         raise TpkError("tokenizer add_bos is not a bool")
     if tok.get("chat_template") is not None and not isinstance(tok["chat_template"], str):
         raise TpkError("tokenizer chat_template is not a string or null")
+
+
+# "rope_scaling" (optional; absent or null: plain RoPE): the resolved parameters of one
+# transformers rope type (engine/runtime/rope.py implements them). {type: {key: kind}}.
+ROPE_SCALING = {
+    "default": {},
+    "linear": {"factor": float},
+    "dynamic": {"factor": float, "max_position_embeddings": int},
+    "yarn": {"factor": float, "original_max_position_embeddings": int, "beta_fast": float,
+             "beta_slow": float, "truncate": bool, "attention_factor": float},
+    "llama3": {"factor": float, "low_freq_factor": float, "high_freq_factor": float,
+               "original_max_position_embeddings": int},
+    "longrope": {"short_factor": list, "long_factor": list, "original_max_position_embeddings": int,
+                 "attention_factor": float},
+    "freq_factors": {"factors": list},  # llama.cpp rope_freqs: inv_freq[i] / factors[i]
+}
+
+
+def check_rope_scaling(rs, head_dim):
+    """Raise TpkError unless rs is null or a known rope_scaling dict with valid parameters."""
+    if rs is None:
+        return
+    if not isinstance(rs, dict):
+        raise TpkError(f"config 'rope_scaling' = {rs!r} is not an object or null")
+    kind = rs.get("rope_type")
+    if kind not in ROPE_SCALING:
+        raise TpkError(f"unknown rope_scaling type {kind!r} (known: {', '.join(ROPE_SCALING)})")
+    for key, k in ROPE_SCALING[kind].items():
+        v = rs.get(key)
+        if not _is(v, k):
+            raise TpkError(f"rope_scaling ({kind}) {key!r} = {v!r} is not a {k.__name__}")
+        if k is list:
+            if len(v) != head_dim // 2 or not all(_is(x, float) and x > 0 for x in v):
+                raise TpkError(f"rope_scaling ({kind}) {key!r}: expected {head_dim // 2} positive numbers")
+        elif k is not bool and v <= 0:
+            raise TpkError(f"rope_scaling ({kind}) {key!r} = {v} must be positive")
+    if kind == "llama3" and rs["high_freq_factor"] <= rs["low_freq_factor"]:
+        raise TpkError("rope_scaling (llama3) needs high_freq_factor > low_freq_factor")
 
 
 def linear_shapes(config):
@@ -361,6 +400,9 @@ def validate(config, specs, where="read"):
     if tok is not None and (tok[0] != "U8" or len(tok[1]) != 1 or tok[1][0] == 0):
         raise TpkError(f"tensor 'tokenizer' is {tok[0]}{list(tok[1])}, expected non-empty U8[n]")
     expected = expected_tensors(config, embed[0], tok[1][0] if tok else None)
+    if embed[0] == "F32" and config["tie_word_embeddings"] and "lm_head.weight" not in specs \
+            and config["lm_head_format"] == "f16":
+        del expected["lm_head.weight"]  # tied f32 embedding without an f16 copy: the head is embed
     missing = [n for n in expected if n not in specs]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

@@ -240,8 +240,13 @@ class Batch:
         R = spans[-1][2]
         b = rows(self.buf, R)
         b.h[:] = m.embed[self.tokens[:R]]
-        np.take(m.cos, self.pos[:R], axis=0, out=self.cos[:R])
-        np.take(m.sin, self.pos[:R], axis=0, out=self.sin[:R])
+        if m.rope.seq_dependent:  # dynamic / longrope: a sequence's length is its known ids, as a
+            # prefill or decode call of Engine.generate alone would see it (runtime/rope.py)
+            for seq, r0, r1, pos in spans:
+                self.cos[r0:r1], self.sin[r0:r1] = m.rope.span(pos, r1 - r0, len(seq.ids))
+        else:
+            np.take(m.cos, self.pos[:R], axis=0, out=self.cos[:R])
+            np.take(m.sin, self.pos[:R], axis=0, out=self.sin[:R])
         n = 0
         for seq, r0, r1, pos in spans:
             if pos + r1 - r0 == len(seq.ids):

@@ -139,7 +139,10 @@ class Engine:
         stats = GenerationStats()
         self.stats = stats
         reuse = 0
-        for a, b in zip(self._cached, prompt_ids[:-1]):  # at least one token must run for logits
+        # dynamic / longrope RoPE: a cached prefix was rotated for another sequence length
+        # (runtime/rope.py), so the whole prompt runs again, as a fresh transformers call would
+        cached = [] if self.model.rope.seq_dependent else self._cached
+        for a, b in zip(cached, prompt_ids[:-1]):  # at least one token must run for logits
             if a != b:
                 break
             reuse += 1

@@ -26,6 +26,7 @@ import numpy as np
 from engine import kernels as K
 from engine.formats import tpk as tpk_module
 from engine.runtime.kvcache import KVCache
+from engine.runtime.rope import Rope
 
 DEFAULT_CTX = 4096     # when neither ctx nor a smaller max_position is given
 PREFILL_CHUNK = 256    # prompt tokens per batched pass: bounds activation memory
@@ -49,13 +50,14 @@ class ModelArgs:
     weight_format: str     # "t2" | "t1" | "f16"
     scale_mode: str        # "mul" | "div"
     proj_norm_eps: float | None
+    rope_scaling: dict | None = None   # engine/runtime/rope.py; None: plain RoPE
 
     @classmethod
     def from_config(cls, c: dict) -> "ModelArgs":
         a = cls(c["architecture"], c["hidden_size"], c["intermediate_size"], c["num_layers"],
                 c["num_heads"], c["num_kv_heads"], c["head_dim"], c["vocab_size"], c["max_position"],
                 float(c["rms_norm_eps"]), float(c["rope_theta"]), c["hidden_act"], bool(c["sub_norms"]),
-                c["weight_format"], c.get("scale_mode", "mul"), c.get("proj_norm_eps"))
+                c["weight_format"], c.get("scale_mode", "mul"), c.get("proj_norm_eps"), c.get("rope_scaling"))
         if a.hidden_act not in ("relu2", "silu") or a.weight_format not in tpk_module.WEIGHT_FORMATS:
             raise ValueError(f"unsupported hidden_act {a.hidden_act!r} / weight_format {a.weight_format!r}")
         if a.n_heads % a.n_kv_heads or a.head_dim % 2 or c.get("rope_style", "neox") != "neox":
@@ -130,9 +132,11 @@ def head_linear(t: dict, embed: np.ndarray):
     if "lm_head.scale" in t:                                # int8, one scale per row
         scale = t["lm_head.scale"]
         return lambda x, out: K.int8_linear(w, scale, x, out=out)
+    if w is None and embed.dtype == np.float32:             # tied, exact f32 embedding
+        return lambda x, out: np.matmul(x, embed.T, out=out)
     if w is None:
         if embed.dtype != np.float16:
-            raise ValueError("tied head needs an f16 embed or an lm_head.weight tensor")
+            raise ValueError("tied head needs an f16/f32 embed or an lm_head.weight tensor")
         w = embed                                           # tied
     return lambda x, out: K.f16_linear(w, x, out=out)
 
@@ -151,7 +155,8 @@ class Model:
         self.layers = [Layer(t, i, a) for i in range(a.n_layers)]
         self.norm = t["norm"]                                            # f32 [dim]
         self.head_linear = head_linear(t, self.embed)                   # (x [T, dim], out [T, vocab])
-        self.cos, self.sin = rope_tables(a.head_dim, a.rope_theta, self.ctx)  # f32 [ctx, D/2]
+        self.rope = Rope(a.head_dim, a.rope_theta, a.rope_scaling, self.ctx)
+        self.cos, self.sin = self.rope.cos, self.rope.sin                # f32 [ctx, D/2]
         self.cache = KVCache(a.n_layers, a.n_kv_heads, self.ctx, a.head_dim)
         self.ternary, self.divide = a.weight_format != "f16", a.scale_mode == "div"
         self.buf1 = make_buffers(a, 1)                                   # decode: T = 1
@@ -203,9 +208,11 @@ class Model:
             b.h += b.o
             self._mlp(L, b)
 
-    def _pass(self, b, pos: int, t: int) -> None:
-        """One sequence's tokens at positions pos .. pos + t - 1 through all layers."""
-        self.run_layers(b, t, self.cos[pos:pos + t], self.sin[pos:pos + t], ((self.cache, 0, t, pos),))
+    def _pass(self, b, pos: int, t: int, seq_len: int) -> None:
+        """One sequence's tokens at positions pos .. pos + t - 1 through all layers; seq_len:
+        the length of the whole call (dynamic / longrope RoPE depend on it, runtime/rope.py)."""
+        cos, sin = self.rope.span(pos, t, seq_len)
+        self.run_layers(b, t, cos, sin, ((self.cache, 0, t, pos),))
 
     def _mlp(self, L: Layer, b) -> None:
         """b.h += down(sub_norm(act(gate(n)) * up(n))), n = ffn_norm(b.h); act relu^2 or silu."""
@@ -238,7 +245,7 @@ class Model:
         self.cache.check_span(pos, 1)
         b.h[0] = self.embed[token]
         with np.errstate(over="ignore"):
-            self._pass(b, pos, 1)
+            self._pass(b, pos, 1, pos + 1)
         self.head(b.h, self.logits1, b)
         return self.logits1[0]
 
@@ -266,7 +273,7 @@ class Model:
             b = rows(self.bufn, c1 - c0)
             b.h[:] = self.embed[ids[c0:c1]]
             with np.errstate(over="ignore"):
-                self._pass(b, start_pos + c0, c1 - c0)
+                self._pass(b, start_pos + c0, c1 - c0, start_pos + t)
             if not last_only:
                 self.head(b.h, logits[c0:c1], b)
             elif c1 == t:
