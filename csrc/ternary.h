@@ -23,6 +23,32 @@
 //      Digit i of all 64 bytes of a block gives the 64 contiguous weights 64*i .. 64*i+63,
 //      so one decoded digit plane feeds one AVX-512 register of activations.
 //
+//
+//   TL2 (5/3 = 1.667 bits/weight), read by table lookup: 3 consecutive weights of a row form a
+//   group, stored as one 5-bit code  c = 9 (w0 + 1) + 3 (w1 + 1) + (w2 + 1)  in 0..26
+//   (w0 = weight 3g, w1 = 3g + 1, w2 = 3g + 2 of the row). 16 groups = one block = 48 weights;
+//   a row's block is 16 codes = 80 bits = 5 little-endian uint16 words, code i at bits
+//   5i .. 5i+4 of the 80-bit value w4:w3:w2:w1:w0 (codes 3, 6, 9 and 12 straddle two words).
+//   Rows are interleaved in tiles of 32 (so one 64-byte load gives word j of 32 rows, one
+//   16-bit lane per row: the index vector of one vpermw):
+//
+//      tile t = rows 32t .. 32t + nr - 1,  nr = min(32, N - 32t)   (only the last tile is short)
+//      tile t starts at byte 32 t * row_bytes;  inside it, for block b = 0..B-1, word j = 0..4:
+//        [ b=0 j=0: row 0 | row 1 | ... | row nr-1 ]  (2 nr bytes)
+//        [ b=0 j=1: row 0 | row 1 | ... | row nr-1 ]
+//          ...
+//        [ b=0 j=4: ... ] [ b=1 j=0: ... ] ... [ b=B-1 j=4: ... ]
+//      one row of one block:  w0 = c0 | c1<<5 | c2<<10 | (c3&1)<<15,  w1 = c3>>1 | c4<<4 | ...
+//        bit:  0    5    10   15   20   25   30   35   40   45   50   55   60   65   70   75 80
+//              | c0 | c1 | c2 | c3 | c4 | c5 | c6 | c7 | c8 | c9 |c10 |c11 |c12 |c13 |c14 |c15 |
+//              |<---- w0 ---->|<---- w1 ---->|<---- w2 ---->|<---- w3 ---->|<---- w4 ---->|
+//   row_bytes(TL2, K) = 10 * ceil(K / 48); the packed array is [N, row_bytes] bytes in total,
+//   but a row's bytes are spread over its tile, so the TL2 kernels and unpacking need N (the
+//   ternary_tl2 slot takes it). Weights past K are 0 (code 13). Codes 27..31, which the packer
+//   never writes, decode as three zero weights on every ISA.
+//   Kernels: per token and group, a table T[c] = sum_i (digit_i(c) - 1) a_i (adds and subtracts
+//   of activations, |T| <= 384); the result is sum over groups of T[code], exact in int32.
+//
 //   Bytes the packer never writes decode as in the reference on every ISA: a T2 weight with both
 //   bits set is +1; a T1 code 243..255 is read by the same base-3 rule (as code - 243).
 //
@@ -59,7 +85,17 @@ static_assert(sizeof(BlockT1) == kT1BlockBytes, "T1 block is one cache line");
 static_assert(kT1BlockBytes * kT1DigitsPerByte == kT1BlockWeights, "5 weights per byte");
 static_assert(243 <= 256, "3^5 codes fit in a byte");
 
-enum class Format { T2 = 0, T1 = 1 };
+constexpr int kTL2GroupWeights = 3;
+constexpr int kTL2BlockGroups = 16;                                     // codes per row per block
+constexpr int kTL2BlockWeights = kTL2GroupWeights * kTL2BlockGroups;  // 48
+constexpr int kTL2BlockWords = 5;                                       // uint16 per row per block
+constexpr int kTL2BlockBytes = 2 * kTL2BlockWords;                      // per row: 10
+constexpr int kTL2TileRows = 32;
+constexpr int kTL2Codes = 27;
+static_assert(kTL2BlockGroups * 5 == kTL2BlockWords * 16, "16 five-bit codes fill 5 words");
+static_assert(kTL2BlockBytes * 8 * 3 == kTL2BlockWeights * 5, "TL2 is 5/3 bits per weight");
+
+enum class Format { T2 = 0, T1 = 1, TL2 = 2 };
 
 constexpr int kQ4Group = 128;
 constexpr int kQ4GroupBytes = 64;
@@ -82,6 +118,10 @@ constexpr int kAttnChunkKeys = 256;
 // Portable attention_chunk (ops.cpp): the entry of every table that brings no faster one.
 void attention_chunk_generic(const float* q, int64_t g, int64_t D, const float* k, const float* v,
                              int64_t n, float scale, float* o, float* mx, float* l);
+
+// TL2 reference kernel (tl2_ref.cpp): acc[m, n] for n in [n0, n1) of an N-row TL2 matrix.
+void ternary_tl2_ref(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
+                     const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
 
 // ---- per-ISA kernels: identical signatures, one table per ISA ----
 // Every kernel works on output rows [n0, n1) so the thread pool can split by rows.
@@ -117,6 +157,11 @@ struct KernelTable {
     void (*attention_chunk)(const float* q, int64_t g, int64_t D, const float* k, const float* v,
                             int64_t n, float scale, float* o, float* mx,
                             float* l) = attention_chunk_generic;
+
+    // TL2 (layout above): as ternary_t2, plus N, the matrix's row count (the last tile's width).
+    void (*ternary_tl2)(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
+                        const int8_t* q, int64_t ldq, int64_t M, int32_t* acc,
+                        int64_t ldc) = ternary_tl2_ref;
 };
 
 const KernelTable& ref_kernels();

@@ -1,0 +1,56 @@
+// TL2 internals shared by the packer, the reference and the ISA kernels (layout: ternary.h).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "ternary.h"
+
+namespace ternary {
+namespace tl2 {
+
+inline int64_t blocks(int64_t K) { return (K + kTL2BlockWeights - 1) / kTL2BlockWeights; }
+
+// Rows of tile t (32 t .. 32 t + tile_rows - 1) of an N-row matrix.
+inline int64_t tile_rows(int64_t N, int64_t t) {
+    const int64_t left = N - t * kTL2TileRows;
+    return left < kTL2TileRows ? left : kTL2TileRows;
+}
+
+// Byte offset of word j of block b of row n (N rows, rb = row_bytes(TL2, K)).
+inline int64_t word_offset(int64_t N, int64_t rb, int64_t n, int64_t b, int j) {
+    const int64_t t = n / kTL2TileRows, r = n % kTL2TileRows, nr = tile_rows(N, t);
+    return t * kTL2TileRows * rb + ((b * kTL2BlockWords + j) * nr + r) * 2;
+}
+
+// Code i (0..15) of a row's block from its 5 words.
+inline int code_of(const uint16_t* w, int i) {
+    const int bit = 5 * i, j = bit / 16, s = bit % 16;
+    uint32_t v = w[j];
+    if (j + 1 < kTL2BlockWords) v |= uint32_t(w[j + 1]) << 16;
+    return int((v >> s) & 31);
+}
+
+// Weight d (0..2) of a code: digit d of c in base 3 (most significant first) minus 1, and 0 for
+// the codes 27..31 the packer never writes.
+inline int weight_of(int c, int d) {
+    if (c >= kTL2Codes) return 0;
+    const int div = d == 0 ? 9 : d == 1 ? 3 : 1;
+    return (c / div) % 3 - 1;
+}
+
+}  // namespace tl2
+}  // namespace ternary
+
+namespace ternary {
+namespace tl2 {
+using Kernel = void (*)(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
+                        const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
+#if defined(TERNARY_X86)
+Kernel avx512_kernel();  // tl2_avx512.cpp: needs VBMI2 (vpshrdw) on top of the avx512 table's set
+Kernel avx2_kernel();    // tl2_avx2.cpp
+#endif
+#if defined(TERNARY_NEON)
+Kernel neon_kernel();    // tl2_neon.cpp
+#endif
+}  // namespace tl2
+}  // namespace ternary

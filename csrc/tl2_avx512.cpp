@@ -1,0 +1,238 @@
+// TL2 kernel for AVX-512 (F/BW/VL + VBMI2; only this file gets -mavx512vbmi2). Layout: ternary.h.
+//
+// No multiply by a weight: per token and group of 3 activations a table of 32 int16 entries
+//   T[c] = sum_d (digit_d(c) - 1) a_d    (c < 27; 0 for 27..31), built with masked adds/subs,
+// and for 32 rows (one tile) at once:  acc16 += vpermw(codes, T)  -- vpermw reads index bits 0..4
+// of each 16-bit lane, so a right shift (vpsrlw, or vpshrdw where a code straddles two words) of
+// a tile's block words is the next group's index vector with no masking.
+// |T| <= 384, so int16 sums are widened to int32 every kFlushBlocks blocks (80 * 384 < 32767).
+// Tables are built for a chunk of groups that fits L1 (kTableBytes) and reused by every tile of
+// rows [n0, n1); a token tile of up to kMaxTokens tokens shares each decoded index vector, which
+// is what makes few-token and GEMM calls cheaper per token than GEMV.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "tl2.h"
+
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace ternary {
+namespace {
+
+constexpr int kMaxTokens = 4;  // T x R = 4 x 2 accumulators, 10 word vectors
+constexpr int64_t kTableBytes = 16384;  // tables of one chunk (all tokens of a token tile)
+constexpr int kFlushBlocks = 5;          // 5 blocks = 80 groups: 80 * 384 < 32767
+constexpr int kGroupTable = 32;          // int16 entries per table (one zmm)
+
+// Bit c of mask[d][0]: digit d of c is 2 (weight +1); mask[d][1]: digit d is 0 (weight -1).
+struct TableMasks {
+    uint32_t m[3][2];
+};
+constexpr TableMasks make_masks() {
+    TableMasks t{};
+    for (int c = 0; c < kTL2Codes; ++c)
+        for (int d = 0; d < 3; ++d) {
+            const int digit = (c / (d == 0 ? 9 : d == 1 ? 3 : 1)) % 3;
+            if (digit == 2) t.m[d][0] |= 1u << c;
+            if (digit == 0) t.m[d][1] |= 1u << c;
+        }
+    return t;
+}
+constexpr TableMasks kMasks = make_masks();
+
+struct Scratch {
+    void* p = nullptr;
+    size_t size = 0;
+    ~Scratch() { std::free(p); }
+    void* get(size_t bytes) {
+        if (bytes > size) {
+            std::free(p);
+            size = (bytes + 4095) / 4096 * 4096;
+            p = std::aligned_alloc(64, size);
+            if (!p) std::abort();
+        }
+        return p;
+    }
+};
+thread_local Scratch tl_tables;
+
+// Tables of groups [g0, g1) of token a (K activations) into dst [(g1 - g0)][32].
+void build_tables(const int8_t* a, int64_t K, int64_t g0, int64_t g1, int16_t* dst) {
+    const __mmask32 p0 = kMasks.m[0][0], n0 = kMasks.m[0][1], p1 = kMasks.m[1][0],
+                    n1 = kMasks.m[1][1], p2 = kMasks.m[2][0], n2 = kMasks.m[2][1];
+    const int64_t full = std::min(g1, K / 3);  // groups whose 3 activations are all below K
+    int64_t g = g0;
+    auto one = [&](int a0, int a1, int a2) {
+        const __m512i x0 = _mm512_set1_epi16(int16_t(a0)), x1 = _mm512_set1_epi16(int16_t(a1)),
+                      x2 = _mm512_set1_epi16(int16_t(a2));
+        __m512i t = _mm512_maskz_mov_epi16(p0, x0);
+        t = _mm512_mask_sub_epi16(t, n0, t, x0);
+        t = _mm512_mask_add_epi16(t, p1, t, x1);
+        t = _mm512_mask_sub_epi16(t, n1, t, x1);
+        t = _mm512_mask_add_epi16(t, p2, t, x2);
+        t = _mm512_mask_sub_epi16(t, n2, t, x2);
+        _mm512_store_si512(dst + (g - g0) * kGroupTable, t);
+    };
+    for (; g < full; ++g) one(a[3 * g], a[3 * g + 1], a[3 * g + 2]);
+    for (; g < g1; ++g) {  // past K: activations read as 0 (the weights there are 0 anyway)
+        const int64_t k = 3 * g;
+        one(k < K ? a[k] : 0, k + 1 < K ? a[k + 1] : 0, k + 2 < K ? a[k + 2] : 0);
+    }
+}
+
+// Index vector of code i (0..15) of a block from its 5 word vectors: bits 0..4 of each lane.
+template <int i>
+inline __m512i code(const __m512i* w) {
+    constexpr int bit = 5 * i, j = bit / 16, s = bit % 16;
+    if constexpr (s == 0) return w[j];
+    else if constexpr (s <= 11) return _mm512_srli_epi16(w[j], s);
+    else return _mm512_shrdi_epi16(w[j], w[j + 1], s);
+}
+
+// acc += vpermw(idx, table): inline asm so that GCC neither hoists the lookups of a whole block
+// ahead of their adds (it did, spilling dozens of vectors) nor copies the accumulators.
+inline void lookup_add(__m512i& acc, __m512i idx, __m512i table) {
+    __m512i t;
+    asm("vpermw %3, %2, %0\n\tvpaddw %0, %1, %1" : "=&v"(t), "+v"(acc) : "v"(idx), "v"(table));
+}
+
+template <int R>
+inline void load_words(const uint8_t* wp, int64_t tile_bytes, __mmask32 lanes, int64_t vstride,
+                       bool full, __m512i (*w)[kTL2BlockWords]) {
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < kTL2BlockWords; ++j)
+            w[r][j] = full ? _mm512_loadu_si512(wp + r * tile_bytes + 64 * j)
+                           : _mm512_maskz_loadu_epi16(lanes, wp + r * tile_bytes + j * vstride);
+}
+
+template <int T, int R, int i>
+inline void group(const __m512i (*w)[kTL2BlockWords], const int16_t* tb, int64_t tstride,
+                  __m512i (*s)[R]) {
+    __m512i idx[R];
+    for (int r = 0; r < R; ++r) idx[r] = code<i>(w[r]);
+    for (int k = 0; k < T; ++k) {
+        const __m512i table = _mm512_load_si512(tb + k * tstride + i * kGroupTable);
+        for (int r = 0; r < R; ++r) lookup_add(s[k][r], idx[r], table);
+    }
+}
+
+template <int T, int R, int... I>
+inline void block(const __m512i (*w)[kTL2BlockWords], const int16_t* tb, int64_t tstride,
+                  __m512i (*s)[R], std::integer_sequence<int, I...>) {
+    (group<T, R, I>(w, tb, tstride, s), ...);
+}
+
+// R consecutive tiles starting at tile t (all full when R > 1; nr rows when R == 1), blocks
+// [b0, b1) against T tokens' tables tab + k * tstride (block b's group i at
+// ((b - b0) * 16 + i) * 32). Rows of the tiles inside [n0, n1) get the sums (first) or add them.
+template <int T, int R>
+__attribute__((noinline)) void tiles_pass(const uint8_t* packed, int64_t rb, int64_t t, int64_t nr,
+                                          int64_t b0, int64_t b1, const int16_t* tab,
+                                          int64_t tstride, int64_t n0, int64_t n1, bool first,
+                                          int32_t* acc, int64_t ldc) {
+    const __mmask32 lanes = nr == 32 ? __mmask32(~0u) : __mmask32((1u << nr) - 1);
+    const int64_t tile_bytes = kTL2TileRows * rb;
+    const uint8_t* base = packed + t * tile_bytes;
+    const int64_t vstride = 2 * nr;  // bytes between word vectors of a tile
+    const bool full = nr == 32;
+    alignas(64) int32_t s32[T][R][32] = {};
+    __m512i s[T][R];
+    for (int k = 0; k < T; ++k)
+        for (int r = 0; r < R; ++r) s[k][r] = _mm512_setzero_si512();
+    auto flush = [&] {
+        for (int k = 0; k < T; ++k)
+            for (int r = 0; r < R; ++r) {
+                __m512i* d = reinterpret_cast<__m512i*>(s32[k][r]);
+                d[0] = _mm512_add_epi32(d[0], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(s[k][r])));
+                d[1] = _mm512_add_epi32(d[1], _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(s[k][r], 1)));
+                s[k][r] = _mm512_setzero_si512();
+            }
+    };
+    int pending = 0;
+    for (int64_t b = b0; b < b1; ++b) {
+        __m512i w[R][kTL2BlockWords];
+        load_words<R>(base + b * kTL2BlockWords * vstride, tile_bytes, lanes, vstride, full, w);
+        block<T, R>(w, tab + (b - b0) * kTL2BlockGroups * kGroupTable, tstride, s,
+                    std::make_integer_sequence<int, kTL2BlockGroups>{});
+        if (++pending == kFlushBlocks) {
+            flush();
+            pending = 0;
+        }
+    }
+    flush();
+    for (int r = 0; r < R; ++r) {
+        const int64_t row0 = (t + r) * kTL2TileRows;
+        const int64_t r0 = std::max<int64_t>(n0 - row0, 0), r1 = std::min<int64_t>(n1 - row0, nr);
+        const uint32_t rows = uint32_t(((uint64_t(1) << r1) - 1) & ~((uint64_t(1) << r0) - 1));
+        const __mmask16 lo = __mmask16(rows & 0xffff), hi = __mmask16(rows >> 16);
+        for (int k = 0; k < T; ++k) {
+            int32_t* out = acc + k * ldc + row0;
+            __m512i v0 = _mm512_load_si512(s32[k][r]), v1 = _mm512_load_si512(s32[k][r] + 16);
+            if (!first) {
+                v0 = _mm512_add_epi32(v0, _mm512_maskz_loadu_epi32(lo, out));
+                v1 = _mm512_add_epi32(v1, _mm512_maskz_loadu_epi32(hi, out + 16));
+            }
+            _mm512_mask_storeu_epi32(out, lo, v0);
+            _mm512_mask_storeu_epi32(out + 16, hi, v1);
+        }
+    }
+}
+
+// Tiles covering rows [n0, n1): pairs of full tiles, then single ones.
+template <int T>
+void tiles(const uint8_t* packed, int64_t N, int64_t rb, int64_t b0, int64_t b1,
+           const int16_t* tab, int64_t tstride, int64_t n0, int64_t n1, bool first, int32_t* acc,
+           int64_t ldc) {
+    const int64_t t1 = (n1 + kTL2TileRows - 1) / kTL2TileRows;
+    int64_t t = n0 / kTL2TileRows;
+    for (; t + 2 <= t1 && tl2::tile_rows(N, t + 1) == kTL2TileRows; t += 2)
+        tiles_pass<T, 2>(packed, rb, t, kTL2TileRows, b0, b1, tab, tstride, n0, n1, first, acc, ldc);
+    for (; t < t1; ++t)
+        tiles_pass<T, 1>(packed, rb, t, tl2::tile_rows(N, t), b0, b1, tab, tstride, n0, n1, first,
+                         acc, ldc);
+}
+
+template <int T>
+void token_tile(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
+                const int8_t* q, int64_t ldq, int32_t* acc, int64_t ldc) {
+    const int64_t nb = tl2::blocks(K), rb = nb * kTL2BlockBytes;
+    const int64_t chunk = std::max<int64_t>(1, kTableBytes / (T * kTL2BlockGroups * 64));  // blocks
+    const int64_t tstride = chunk * kTL2BlockGroups * kGroupTable;
+    auto* tab = static_cast<int16_t*>(tl_tables.get(size_t(T * tstride) * sizeof(int16_t)));
+    for (int64_t b0 = 0; b0 < nb; b0 += chunk) {
+        const int64_t b1 = std::min(nb, b0 + chunk);
+        for (int k = 0; k < T; ++k)
+            build_tables(q + k * ldq, K, b0 * kTL2BlockGroups, b1 * kTL2BlockGroups, tab + k * tstride);
+        tiles<T>(packed, N, rb, b0, b1, tab, tstride, n0, n1, b0 == 0, acc, ldc);
+    }
+}
+
+void ternary_tl2_avx512(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
+                        const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
+    if (n0 >= n1) return;
+    for (int64_t m = 0; m < M; m += kMaxTokens) {
+        const int8_t* qm = q + m * ldq;
+        int32_t* am = acc + m * ldc;
+        switch (std::min<int64_t>(kMaxTokens, M - m)) {
+            case 1: token_tile<1>(packed, K, N, n0, n1, qm, ldq, am, ldc); break;
+            case 2: token_tile<2>(packed, K, N, n0, n1, qm, ldq, am, ldc); break;
+            case 3: token_tile<3>(packed, K, N, n0, n1, qm, ldq, am, ldc); break;
+            default: token_tile<4>(packed, K, N, n0, n1, qm, ldq, am, ldc); break;
+        }
+    }
+}
+
+}  // namespace
+
+namespace tl2 {
+Kernel avx512_kernel() {
+    return __builtin_cpu_supports("avx512vbmi2") ? ternary_tl2_avx512 : avx2_kernel();
+}
+}  // namespace tl2
+
+}  // namespace ternary
