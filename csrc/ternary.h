@@ -25,8 +25,9 @@
 //
 //
 //   TL2 (5/3 = 1.667 bits/weight), read by table lookup: 3 consecutive weights of a row form a
-//   group, stored as one 5-bit code  c = 9 (w0 + 1) + 3 (w1 + 1) + (w2 + 1)  in 0..26
-//   (w0 = weight 3g, w1 = 3g + 1, w2 = 3g + 2 of the row). 16 groups = one block = 48 weights;
+//   group, stored as one 5-bit code  c = 9 d(w0) + 3 d(w1) + d(w2)  in 0..26, with the digit
+//   d(0) = 0, d(+1) = 1, d(-1) = 2 (w0 = weight 3g, w1 = 3g + 1, w2 = 3g + 2 of the row), so
+//   code 0 is three zero weights and zero bytes are zero weights. 16 groups = one block = 48 weights;
 //   a row's block is 16 codes = 80 bits = 5 little-endian uint16 words, code i at bits
 //   5i .. 5i+4 of the 80-bit value w4:w3:w2:w1:w0 (codes 3, 6, 9 and 12 straddle two words).
 //   Rows are interleaved in tiles of 32 (so one 64-byte load gives word j of 32 rows, one
@@ -44,9 +45,9 @@
 //              |<---- w0 ---->|<---- w1 ---->|<---- w2 ---->|<---- w3 ---->|<---- w4 ---->|
 //   row_bytes(TL2, K) = 10 * ceil(K / 48); the packed array is [N, row_bytes] bytes in total,
 //   but a row's bytes are spread over its tile, so the TL2 kernels and unpacking need N (the
-//   ternary_tl2 slot takes it). Weights past K are 0 (code 13). Codes 27..31, which the packer
+//   ternary_tl2 slot takes it). Weights past K are 0 (code 0). Codes 27..31, which the packer
 //   never writes, decode as three zero weights on every ISA.
-//   Kernels: per token and group, a table T[c] = sum_i (digit_i(c) - 1) a_i (adds and subtracts
+//   Kernels: per token and group, a table T[c] = sum_i w_i(c) a_i (adds and subtracts
 //   of activations, |T| <= 384); the result is sum over groups of T[code], exact in int32.
 //
 //   Bytes the packer never writes decode as in the reference on every ISA: a T2 weight with both

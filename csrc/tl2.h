@@ -30,12 +30,15 @@ inline int code_of(const uint16_t* w, int i) {
     return int((v >> s) & 31);
 }
 
-// Weight d (0..2) of a code: digit d of c in base 3 (most significant first) minus 1, and 0 for
-// the codes 27..31 the packer never writes.
+// Base-3 digit of a weight: 0 -> 0, +1 -> 1, -1 -> 2.
+inline int digit_of(int w) { return w < 0 ? 2 : w; }
+
+// Weight d (0..2) of a code: digit d of c in base 3 (most significant first) read as 0, +1, -1;
+// 0 for the codes 27..31 the packer never writes.
 inline int weight_of(int c, int d) {
     if (c >= kTL2Codes) return 0;
-    const int div = d == 0 ? 9 : d == 1 ? 3 : 1;
-    return (c / div) % 3 - 1;
+    const int digit = (c / (d == 0 ? 9 : d == 1 ? 3 : 1)) % 3;
+    return digit == 2 ? -1 : digit;
 }
 
 }  // namespace tl2

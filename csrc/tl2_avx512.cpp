@@ -1,7 +1,7 @@
 // TL2 kernel for AVX-512 (F/BW/VL + VBMI2; only this file gets -mavx512vbmi2). Layout: ternary.h.
 //
 // No multiply by a weight: per token and group of 3 activations a table of 32 int16 entries
-//   T[c] = sum_d (digit_d(c) - 1) a_d    (c < 27; 0 for 27..31), built with masked adds/subs,
+//   T[c] = sum_d w_d(c) a_d    (c < 27; 0 for 27..31), built with masked adds/subs,
 // and for 32 rows (one tile) at once:  acc16 += vpermw(codes, T)  -- vpermw reads index bits 0..4
 // of each 16-bit lane, so a right shift (vpsrlw, or vpshrdw where a code straddles two words) of
 // a tile's block words is the next group's index vector with no masking.
@@ -29,7 +29,7 @@ constexpr int64_t kTableBytes = 16384;  // tables of one chunk (all tokens of a 
 constexpr int kFlushBlocks = 5;          // 5 blocks = 80 groups: 80 * 384 < 32767
 constexpr int kGroupTable = 32;          // int16 entries per table (one zmm)
 
-// Bit c of mask[d][0]: digit d of c is 2 (weight +1); mask[d][1]: digit d is 0 (weight -1).
+// Bit c of mask[d][0]: weight d of code c is +1; of mask[d][1]: it is -1 (tl2::weight_of).
 struct TableMasks {
     uint32_t m[3][2];
 };
@@ -37,9 +37,9 @@ constexpr TableMasks make_masks() {
     TableMasks t{};
     for (int c = 0; c < kTL2Codes; ++c)
         for (int d = 0; d < 3; ++d) {
-            const int digit = (c / (d == 0 ? 9 : d == 1 ? 3 : 1)) % 3;
-            if (digit == 2) t.m[d][0] |= 1u << c;
-            if (digit == 0) t.m[d][1] |= 1u << c;
+            const int digit = (c / (d == 0 ? 9 : d == 1 ? 3 : 1)) % 3;  // 0, 1 = +1, 2 = -1
+            if (digit == 1) t.m[d][0] |= 1u << c;
+            if (digit == 2) t.m[d][1] |= 1u << c;
         }
     return t;
 }

@@ -19,7 +19,7 @@ bool pack_rows_tl2(const int8_t* w, int64_t n, int64_t k, uint8_t* out) {
                     const int64_t idx = b * kTL2BlockWeights + kTL2GroupWeights * i + d;
                     const int v = idx < k ? row[idx] : 0;  // padding: weight 0
                     if (v < -1 || v > 1) return false;
-                    code = 3 * code + (v + 1);
+                    code = 3 * code + tl2::digit_of(v);
                 }
                 const int bit = 5 * i, j = bit / 16, s = bit % 16;
                 words[j] = uint16_t(words[j] | (code << s));
