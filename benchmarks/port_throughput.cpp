@@ -77,6 +77,10 @@ double cycle_seconds() {
 #define SHRDW(r, k) "vpshrdw $13, %%zmm16, %%zmm17, %%zmm" r "\n"
 #define PERMW_ADD(r, k) PERMW(r, k) ADDW(r, k)
 #define PERMW_SRL(r, k) PERMW(r, k) SRLW(r, k)
+#define LOADZ(r, k) "vmovdqu64 -128(%%rsp), %%zmm" r "\n"
+#define PERMW_R(r, k) "vpermw %%zmm" r ", %%zmm17, %%zmm2" r "\n"
+#define LOAD_2PERMW(r, k) LOADZ(r, k) PERMW_R(r, k) ADDW(r, k) PERMW_R(r, k) ADDW(r, k)
+#define LOAD_4PERMW(r, k) LOAD_2PERMW(r, k) PERMW_R(r, k) ADDW(r, k) PERMW_R(r, k) ADDW(r, k)
 #define TL2_GEMV(r, k) SRLW(r, k) PERMW_M(r, k) ADDW(r, k)             // tl2_avx512.cpp, 1 token
 #define TL2_TOKEN(r, k) PERMW_M(r, k) ADDW(r, k)                        // each further token
 #define GEMM_TOKEN(r, k) "vpxord %%zmm16, %%zmm17, %%zmm2" r "\n" ADD(r, k) DP(r, k)  // xor, and, dp
@@ -120,6 +124,9 @@ int main() {
     RUN("vpermw + vpaddw", PERMW_ADD);
     RUN("vpermw + vpsrlw", PERMW_SRL);
     RUN("vpdpbusd + vpermw", DP_PERMW);
+    RUN("vmovdqu64 m512 (table load)", LOADZ);
+    RUN("table load + 2 x (vpermw zmm, vpaddw)", LOAD_2PERMW);
+    RUN("table load + 4 x (vpermw zmm, vpaddw)", LOAD_4PERMW);
     RUN("TL2 GEMV, 32 rows x 3 weights: vpsrlw, vpermw m512, vpaddw", TL2_GEMV);
     RUN("TL2 per extra token, 96 weights: vpermw m512, vpaddw", TL2_TOKEN);
 }
