@@ -25,9 +25,11 @@
 //
 //
 //   TL2 (5/3 = 1.667 bits/weight), read by table lookup: 3 consecutive weights of a row form a
-//   group, stored as one 5-bit code  c = 9 d(w0) + 3 d(w1) + d(w2)  in 0..26, with the digit
-//   d(0) = 0, d(+1) = 1, d(-1) = 2 (w0 = weight 3g, w1 = 3g + 1, w2 = 3g + 2 of the row), so
-//   code 0 is three zero weights and zero bytes are zero weights. 16 groups = one block = 48 weights;
+//   group (w0 = weight 3g, w1 = 3g + 1, w2 = 3g + 2), stored as one 5-bit sign/magnitude code
+//      v = 9 w0 + 3 w1 + w2  (balanced ternary, -13..13),   c = |v| + (v < 0 ? 16 : 0),
+//   so code 0 is three zero weights (zero bytes are zero weights), c and c ^ 16 are negatives
+//   of each other, and bits 0..3 alone (|v|) index a 14-entry table that a sign flip finishes
+//   (AVX2 / NEON byte shuffles) while all 5 bits index a 32-entry table (AVX-512 vpermw). 16 groups = one block = 48 weights;
 //   a row's block is 16 codes = 80 bits = 5 little-endian uint16 words, code i at bits
 //   5i .. 5i+4 of the 80-bit value w4:w3:w2:w1:w0 (codes 3, 6, 9 and 12 straddle two words).
 //   Rows are interleaved in tiles of 32 (so one 64-byte load gives word j of 32 rows, one
@@ -45,8 +47,8 @@
 //              |<---- w0 ---->|<---- w1 ---->|<---- w2 ---->|<---- w3 ---->|<---- w4 ---->|
 //   row_bytes(TL2, K) = 10 * ceil(K / 48); the packed array is [N, row_bytes] bytes in total,
 //   but a row's bytes are spread over its tile, so the TL2 kernels and unpacking need N (the
-//   ternary_tl2 slot takes it). Weights past K are 0 (code 0). Codes 27..31, which the packer
-//   never writes, decode as three zero weights on every ISA.
+//   ternary_tl2 slot takes it). Weights past K are 0 (code 0). Codes with |v| = 14 or 15 (14, 15,
+//   30, 31), which the packer never writes, decode as three zero weights on every ISA; 16 is -0.
 //   Kernels: per token and group, a table T[c] = sum_i w_i(c) a_i (adds and subtracts
 //   of activations, |T| <= 384); the result is sum over groups of T[code], exact in int32.
 //
@@ -92,7 +94,7 @@ constexpr int kTL2BlockWeights = kTL2GroupWeights * kTL2BlockGroups;  // 48
 constexpr int kTL2BlockWords = 5;                                       // uint16 per row per block
 constexpr int kTL2BlockBytes = 2 * kTL2BlockWords;                      // per row: 10
 constexpr int kTL2TileRows = 32;
-constexpr int kTL2Codes = 27;
+constexpr int kTL2MaxMagnitude = 13;  // |9 w0 + 3 w1 + w2|
 static_assert(kTL2BlockGroups * 5 == kTL2BlockWords * 16, "16 five-bit codes fill 5 words");
 static_assert(kTL2BlockBytes * 8 * 3 == kTL2BlockWeights * 5, "TL2 is 5/3 bits per weight");
 

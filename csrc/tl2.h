@@ -30,15 +30,23 @@ inline int code_of(const uint16_t* w, int i) {
     return int((v >> s) & 31);
 }
 
-// Base-3 digit of a weight: 0 -> 0, +1 -> 1, -1 -> 2.
-inline int digit_of(int w) { return w < 0 ? 2 : w; }
+// Code of weights (w0, w1, w2) in {-1, 0, 1}.
+inline int code_of_weights(int w0, int w1, int w2) {
+    const int v = 9 * w0 + 3 * w1 + w2;
+    return v < 0 ? 16 - v : v;
+}
 
-// Weight d (0..2) of a code: digit d of c in base 3 (most significant first) read as 0, +1, -1;
-// 0 for the codes 27..31 the packer never writes.
+// Weight d (0..2) of a code: balanced-ternary digit d (most significant first) of
+// v = +-(c & 15); 0 for magnitudes 14 and 15, which the packer never writes.
 inline int weight_of(int c, int d) {
-    if (c >= kTL2Codes) return 0;
-    const int digit = (c / (d == 0 ? 9 : d == 1 ? 3 : 1)) % 3;
-    return digit == 2 ? -1 : digit;
+    const int mag = c & 15;
+    if (mag > kTL2MaxMagnitude) return 0;
+    int v = c & 16 ? -mag : mag, w[3];
+    for (int i = 2; i >= 0; --i) {
+        w[i] = ((v + 1) % 3 + 3) % 3 - 1;  // v mod 3 in {-1, 0, 1}
+        v = (v - w[i]) / 3;
+    }
+    return w[d];
 }
 
 }  // namespace tl2

@@ -1,7 +1,7 @@
 // TL2 kernel for AVX-512 (F/BW/VL + VBMI2; only this file gets -mavx512vbmi2). Layout: ternary.h.
 //
 // No multiply by a weight: per token and group of 3 activations a table of 32 int16 entries
-//   T[c] = sum_d w_d(c) a_d    (c < 27; 0 for 27..31), built with masked adds/subs,
+//   T[c] = sum_d w_d(c) a_d    (all 32 codes, tl2::weight_of), built with masked adds/subs,
 // and for 32 rows (one tile) at once:  acc16 += vpermw(codes, T)  -- vpermw reads index bits 0..4
 // of each 16-bit lane, so a right shift (vpsrlw, or vpshrdw where a code straddles two words) of
 // a tile's block words is the next group's index vector with no masking.
@@ -35,12 +35,19 @@ struct TableMasks {
 };
 constexpr TableMasks make_masks() {
     TableMasks t{};
-    for (int c = 0; c < kTL2Codes; ++c)
-        for (int d = 0; d < 3; ++d) {
-            const int digit = (c / (d == 0 ? 9 : d == 1 ? 3 : 1)) % 3;  // 0, 1 = +1, 2 = -1
-            if (digit == 1) t.m[d][0] |= 1u << c;
-            if (digit == 2) t.m[d][1] |= 1u << c;
+    for (int c = 0; c < 32; ++c) {
+        const int mag = c & 15;
+        if (mag > kTL2MaxMagnitude) continue;  // zero weights
+        int v = c & 16 ? -mag : mag, w[3] = {};
+        for (int i = 2; i >= 0; --i) {  // balanced ternary, as tl2::weight_of
+            w[i] = ((v + 1) % 3 + 3) % 3 - 1;
+            v = (v - w[i]) / 3;
         }
+        for (int d = 0; d < 3; ++d) {
+            if (w[d] > 0) t.m[d][0] |= 1u << c;
+            if (w[d] < 0) t.m[d][1] |= 1u << c;
+        }
+    }
     return t;
 }
 constexpr TableMasks kMasks = make_masks();

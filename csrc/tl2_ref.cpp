@@ -14,13 +14,13 @@ bool pack_rows_tl2(const int8_t* w, int64_t n, int64_t k, uint8_t* out) {
         for (int64_t b = 0; b < nb; ++b) {
             uint16_t words[kTL2BlockWords] = {};
             for (int i = 0; i < kTL2BlockGroups; ++i) {
-                int code = 0;
+                int w3[kTL2GroupWeights];
                 for (int d = 0; d < kTL2GroupWeights; ++d) {
                     const int64_t idx = b * kTL2BlockWeights + kTL2GroupWeights * i + d;
-                    const int v = idx < k ? row[idx] : 0;  // padding: weight 0
-                    if (v < -1 || v > 1) return false;
-                    code = 3 * code + tl2::digit_of(v);
+                    w3[d] = idx < k ? row[idx] : 0;  // padding: weight 0
+                    if (w3[d] < -1 || w3[d] > 1) return false;
                 }
+                const int code = tl2::code_of_weights(w3[0], w3[1], w3[2]);
                 const int bit = 5 * i, j = bit / 16, s = bit % 16;
                 words[j] = uint16_t(words[j] | (code << s));
                 if (s > 11) words[j + 1] = uint16_t(words[j + 1] | (code >> (16 - s)));

@@ -78,8 +78,9 @@ def pack_numpy(w):
     blocks = -(-k // 48)
     wp = np.zeros((n, blocks * 48), np.int64)
     wp[:, :k] = w
-    g = np.where(wp < 0, 2, wp).reshape(n, blocks, 16, 3)     # digits: 0 -> 0, 1 -> 1, -1 -> 2
-    codes = g[..., 0] * 9 + g[..., 1] * 3 + g[..., 2]          # [row, block, code i]
+    g = wp.reshape(n, blocks, 16, 3)
+    v = g[..., 0] * 9 + g[..., 1] * 3 + g[..., 2]              # [row, block, code i]
+    codes = np.where(v < 0, 16 - v, v)                          # sign bit 4, magnitude bits 0..3
     stream = (codes[..., None] >> np.arange(5)) & 1               # bit 5i + d of the 80-bit block
     bits = stream.reshape(n, blocks, 5, 16)                        # word j, bit within word
     words = (bits << np.arange(16)).sum(axis=-1).astype(np.uint16)  # [row, block, word]
@@ -99,22 +100,22 @@ def test_row_bytes_is_five_thirds_bits_per_weight():
 
 
 def test_pack_layout_one_group():
-    """Weights (1, 0, -1): code 9*1 + 3*0 + 2 = 11 in bits 0..4 of the row's first word; the
-    15 padding groups are code 0 (zero weights), so the rest of the block is zero bytes."""
-    w = np.array([[1, 0, -1]], np.int8)
-    packed = kernels.pack("tl2", w)
+    """Weights (1, 0, -1): v = 9 - 1 = 8, code 8 in bits 0..4 of the row's first word;
+    (-1, 0, 1): v = -8, code 16 + 8 = 24. The padding groups are code 0 (zero weights), so the
+    rest of the block is zero bytes."""
+    packed = kernels.pack("tl2", np.array([[1, 0, -1]], np.int8))
     assert packed.shape == (1, 10)
-    assert packed[0].tolist() == [11] + [0] * 9
+    assert packed[0].tolist() == [8] + [0] * 9
+    assert kernels.pack("tl2", np.array([[-1, 0, 1]], np.int8))[0].tolist() == [24] + [0] * 9
 
 
 def test_pack_layout_straddling_code_and_tiles():
     """Code 3 (weights 9..11) straddles words 0 and 1; rows interleave word by word in a tile."""
     w = np.zeros((2, 12), np.int8)
-    w[0, 9:12] = (-1, -1, -1)   # code 26 = 0b11010: bit 0 -> bit 15 of word 0, bits 1.. -> word 1
-    w[1, 0:3] = (0, 0, 1)       # code 1
+    w[0, 9:12] = (-1, -1, -1)   # v = -13, code 29 = 0b11101: bit 0 -> bit 15 of word 0, the
+    w[1, 0:3] = (0, 0, 1)       # rest -> bits 0..3 of word 1; row 1: code 1 in its word 0
     packed = kernels.pack("tl2", w).reshape(-1).view("<u2")  # [word j][row r] for a 2-row tile
-    assert packed.tolist() == [0, 1, 13, 0, 0, 0, 0, 0, 0, 0]
-    assert packed[0] == 0 and packed[2] == 26 >> 1
+    assert packed.tolist() == [0x8000, 1, 29 >> 1, 0, 0, 0, 0, 0, 0, 0]
 
 
 @pytest.mark.parametrize("n", (1, 2, 31, 32, 33, 65, 67))
@@ -202,8 +203,8 @@ def test_matmul_zero_rows_and_tokens(isa):
 
 @pytest.mark.parametrize("n", (5, 32, 67))
 def test_matmul_arbitrary_packed_bytes(isa, n):
-    """Bytes the packer never writes (codes 27..31) read as zero weights, as unpack says, on
-    every ISA."""
+    """Bytes the packer never writes (magnitudes 14, 15 and -0) read as zero weights, as unpack
+    says, on every ISA."""
     k = 150
     packed = rng(n, 9).integers(0, 256, size=(n, kernels.row_bytes("tl2", k)), dtype=np.uint8)
     w = kernels.unpack("tl2", packed, k)
