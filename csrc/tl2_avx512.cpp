@@ -174,6 +174,14 @@ __attribute__((noinline)) void tiles_pass(const uint8_t* packed, int64_t rb, int
     int pending = 0;
     for (int64_t b = b0; b < b1; ++b) {
         __m512i w[R][kTL2BlockWords];
+        // The same block of the next pass's tiles, into L2: a chunk walks the tiles with a
+        // stride, which the hardware prefetcher does not follow. Measured at 1 thread from DRAM,
+        // 2560 x 6912: 8.2 GB/s without, 16.4 one pass ahead, 15.3 two, 15.3 four.
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < kTL2BlockWords; ++j)
+                _mm_prefetch(reinterpret_cast<const char*>(base + b * kTL2BlockWords * vstride +
+                                                           (R + r) * tile_bytes + 64 * j),
+                             _MM_HINT_T1);
         load_words<R>(base + b * kTL2BlockWords * vstride, tile_bytes, lanes, vstride, full, w);
         block<T, R>(w, tab + (b - b0) * kTL2BlockGroups * kGroupTable, tstride, s,
                     std::make_integer_sequence<int, kTL2BlockGroups>{});
@@ -221,6 +229,7 @@ template <int T>
 void token_tile(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
                 const int8_t* q, int64_t ldq, int32_t* acc, int64_t ldc) {
     const int64_t nb = tl2::blocks(K), rb = nb * kTL2BlockBytes;
+    // Tables of a chunk stay in L1 (tables of all K in L2 for GEMV measured 1.25x slower).
     const int64_t chunk = std::max<int64_t>(1, kTableBytes / (T * kTL2BlockGroups * 64));  // blocks
     const int64_t tstride = chunk * kTL2BlockGroups * kGroupTable;
     auto* tab = static_cast<int16_t*>(tl_tables.get(size_t(T * tstride) * sizeof(int16_t)));
