@@ -10,6 +10,11 @@
 #include <chrono>
 #include <cstdio>
 
+// A 64-byte aligned table for the memory operands (a stack slot may straddle two cache lines).
+extern "C" {
+alignas(64) char tl2_table[64];
+}
+
 namespace {
 
 constexpr long kIters = 10'000'000;
@@ -71,13 +76,13 @@ double cycle_seconds() {
 // memory operand); a shift (vpsrlw, or vpshrdw for a code straddling two words) makes the next
 // group's index vector; vpaddw accumulates.
 #define PERMW(r, k) "vpermw %%zmm16, %%zmm17, %%zmm2" r "\n"
-#define PERMW_M(r, k) "vpermw -128(%%rsp), %%zmm17, %%zmm2" r "\n"
+#define PERMW_M(r, k) "vpermw tl2_table(%%rip), %%zmm17, %%zmm2" r "\n"
 #define ADDW(r, k) "vpaddw %%zmm16, %%zmm2" r ", %%zmm2" r "\n"
 #define SRLW(r, k) "vpsrlw $5, %%zmm16, %%zmm" r "\n"
 #define SHRDW(r, k) "vpshrdw $13, %%zmm16, %%zmm17, %%zmm" r "\n"
 #define PERMW_ADD(r, k) PERMW(r, k) ADDW(r, k)
 #define PERMW_SRL(r, k) PERMW(r, k) SRLW(r, k)
-#define LOADZ(r, k) "vmovdqu64 -128(%%rsp), %%zmm" r "\n"
+#define LOADZ(r, k) "vmovdqu64 tl2_table(%%rip), %%zmm" r "\n"
 #define PERMW_R(r, k) "vpermw %%zmm" r ", %%zmm17, %%zmm2" r "\n"
 #define LOAD_2PERMW(r, k) LOADZ(r, k) PERMW_R(r, k) ADDW(r, k) PERMW_R(r, k) ADDW(r, k)
 #define LOAD_4PERMW(r, k) LOAD_2PERMW(r, k) PERMW_R(r, k) ADDW(r, k) PERMW_R(r, k) ADDW(r, k)
