@@ -23,13 +23,14 @@
 //      Digit i of all 64 bytes of a block gives the 64 contiguous weights 64*i .. 64*i+63,
 //      so one decoded digit plane feeds one AVX-512 register of activations.
 //
-//
-//   TL2 (5/3 = 1.667 bits/weight), read by table lookup: 3 consecutive weights of a row form a
-//   group (w0 = weight 3g, w1 = 3g + 1, w2 = 3g + 2), stored as one 5-bit sign/magnitude code
+//   TL2 (5/3 = 1.667 bits/weight; docs/formats.md), read by table lookup: 3 consecutive weights
+//   of a row form a group (w0 = weight 3g, w1 = 3g + 1, w2 = 3g + 2), stored as one 5-bit
+//   sign/magnitude code
 //      v = 9 w0 + 3 w1 + w2  (balanced ternary, -13..13),   c = |v| + (v < 0 ? 16 : 0),
 //   so code 0 is three zero weights (zero bytes are zero weights), c and c ^ 16 are negatives
 //   of each other, and bits 0..3 alone (|v|) index a 14-entry table that a sign flip finishes
-//   (AVX2 / NEON byte shuffles) while all 5 bits index a 32-entry table (AVX-512 vpermw). 16 groups = one block = 48 weights;
+//   (AVX2 byte shuffles) while all 5 bits index a 32-entry table (AVX-512 vpermw, NEON tbl).
+//   16 groups = one block = 48 weights;
 //   a row's block is 16 codes = 80 bits = 5 little-endian uint16 words, code i at bits
 //   5i .. 5i+4 of the 80-bit value w4:w3:w2:w1:w0 (codes 3, 6, 9 and 12 straddle two words).
 //   Rows are interleaved in tiles of 32 (so one 64-byte load gives word j of 32 rows, one
