@@ -157,6 +157,9 @@ __attribute__((noinline)) void tile_pass(const uint8_t* packed, int64_t rb, int6
     int pending = 0;
     for (int64_t b = b0; b < b1; ++b) {
         const uint8_t* wp = base + b * kTL2BlockWords * vstride;
+        // The same block of the next tile, into L2 (a chunk strides over tiles; as tl2_avx512).
+        for (int j = 0; j < kTL2BlockWords; ++j)
+            _mm_prefetch(reinterpret_cast<const char*>(wp + kTL2TileRows * rb + 64 * j), _MM_HINT_T1);
         if (nr < kTL2TileRows) {
             for (int j = 0; j < kTL2BlockWords; ++j) std::memcpy(part[j], wp + j * vstride, size_t(vstride));
             wp = reinterpret_cast<const uint8_t*>(part);
