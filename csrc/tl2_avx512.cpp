@@ -6,7 +6,7 @@
 // of each 16-bit lane, so a right shift (vpsrlw, or vpshrdw where a code straddles two words) of
 // a tile's block words is the next group's index vector with no masking.
 // |T| <= 384, so int16 sums are widened to int32 every kFlushBlocks blocks (80 * 384 < 32767).
-// Tables are built for a chunk of groups (table_bytes) and reused by every tile of
+// Tables are built for a chunk of groups (kChunkBlocks) and reused by every tile of
 // rows [n0, n1); a token tile of up to kMaxTokens tokens shares each decoded index vector, which
 // is what makes few-token and GEMM calls cheaper per token than GEMV.
 #include <immintrin.h>
@@ -27,11 +27,6 @@ namespace {
 // Token tiles of 4 x pairs of row tiles: 8 accumulators, 10 word vectors. Measured at M = 8 and
 // 128: 4 tokens x 1 tile (tables as memory operands) the same, 8 tokens x 1 tile 1.6x slower.
 constexpr int kMaxTokens = 4;
-// Tables of one chunk (all tokens of a token tile). GEMV: 16 KiB, in L1 (measured: 32 KiB 1.15x
-// slower from L2, 1.7x from DRAM, where the next pass's prefetch comes too late). More tokens:
-// 64 KiB, in L2, each loaded table serving 2 tiles: fewer chunk ends (int32 stores, table
-// builds) measured 1.10x faster at M = 128 than 16 KiB.
-constexpr int64_t table_bytes(int T) { return T == 1 ? 16384 : 65536; }
 constexpr int kFlushBlocks = 5;          // 5 blocks = 80 groups: 80 * 384 < 32767
 constexpr int kGroupTable = 32;          // int16 entries per table (one zmm)
 
@@ -237,33 +232,40 @@ void tiles(const uint8_t* packed, int64_t N, int64_t rb, int64_t b0, int64_t b1,
                          acc, ldc);
 }
 
+// Chunks of 16 blocks (256 groups): a token tile's tables are 16 KiB per token, in L1 for GEMV;
+// for 4 tokens 64 KiB, in L2, each loaded table serving 2 tiles (measured at M = 128: 1.10x faster
+// than 16 KiB chunks, fewer chunk ends; GEMV tables of all K in L2: 1.25x slower).
+constexpr int64_t kChunkBlocks = 16;
+
+// Blocks [b0, b1) of one token tile of T tokens: tables, then every tile of rows [n0, n1).
 template <int T>
-void token_tile(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
-                const int8_t* q, int64_t ldq, int32_t* acc, int64_t ldc) {
-    const int64_t nb = tl2::blocks(K), rb = nb * kTL2BlockBytes;
-    // GEMV tables of all K (in L2) measured 1.25x slower than chunks of them in L1.
-    const int64_t chunk = std::max<int64_t>(1, table_bytes(T) / (T * kTL2BlockGroups * 64));  // blocks
-    const int64_t tstride = chunk * kTL2BlockGroups * kGroupTable;
+void token_tile(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1, int64_t b0,
+                int64_t b1, const int8_t* q, int64_t ldq, int32_t* acc, int64_t ldc) {
+    const int64_t rb = tl2::blocks(K) * kTL2BlockBytes;
+    const int64_t tstride = kChunkBlocks * kTL2BlockGroups * kGroupTable;
     auto* tab = static_cast<int16_t*>(tl_tables.get(size_t(T * tstride) * sizeof(int16_t)));
-    for (int64_t b0 = 0; b0 < nb; b0 += chunk) {
-        const int64_t b1 = std::min(nb, b0 + chunk);
-        for (int k = 0; k < T; ++k)
-            build_tables(q + k * ldq, K, b0 * kTL2BlockGroups, b1 * kTL2BlockGroups, tab + k * tstride);
-        tiles<T>(packed, N, rb, b0, b1, tab, tstride, n0, n1, b0 == 0, acc, ldc);
-    }
+    for (int k = 0; k < T; ++k)
+        build_tables(q + k * ldq, K, b0 * kTL2BlockGroups, b1 * kTL2BlockGroups, tab + k * tstride);
+    tiles<T>(packed, N, rb, b0, b1, tab, tstride, n0, n1, b0 == 0, acc, ldc);
 }
 
+// Chunks outside, token tiles inside: a chunk's weights (rows [n0, n1) x 16 blocks, 160 bytes a
+// row) come from DRAM once and stay in L2 / L3 for the later token tiles.
 void ternary_tl2_avx512(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
                         const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc) {
     if (n0 >= n1) return;
-    for (int64_t m = 0; m < M; m += kMaxTokens) {
-        const int8_t* qm = q + m * ldq;
-        int32_t* am = acc + m * ldc;
-        switch (std::min<int64_t>(kMaxTokens, M - m)) {
-            case 1: token_tile<1>(packed, K, N, n0, n1, qm, ldq, am, ldc); break;
-            case 2: token_tile<2>(packed, K, N, n0, n1, qm, ldq, am, ldc); break;
-            case 3: token_tile<3>(packed, K, N, n0, n1, qm, ldq, am, ldc); break;
-            default: token_tile<4>(packed, K, N, n0, n1, qm, ldq, am, ldc); break;
+    const int64_t nb = tl2::blocks(K);
+    for (int64_t b0 = 0; b0 < nb; b0 += kChunkBlocks) {
+        const int64_t b1 = std::min(nb, b0 + kChunkBlocks);
+        for (int64_t m = 0; m < M; m += kMaxTokens) {
+            const int8_t* qm = q + m * ldq;
+            int32_t* am = acc + m * ldc;
+            switch (std::min<int64_t>(kMaxTokens, M - m)) {
+                case 1: token_tile<1>(packed, K, N, n0, n1, b0, b1, qm, ldq, am, ldc); break;
+                case 2: token_tile<2>(packed, K, N, n0, n1, b0, b1, qm, ldq, am, ldc); break;
+                case 3: token_tile<3>(packed, K, N, n0, n1, b0, b1, qm, ldq, am, ldc); break;
+                default: token_tile<4>(packed, K, N, n0, n1, b0, b1, qm, ldq, am, ldc); break;
+            }
         }
     }
 }
