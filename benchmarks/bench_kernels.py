@@ -1,5 +1,5 @@
-"""Kernel benchmark: GEMV / GEMM of ternary (T2, T1, TL2), fp16 and int8 weights at BitNet-2B
-shapes, next to this machine's DRAM read bandwidth measured in the same run.
+"""Kernel benchmark: GEMV / GEMM of ternary (T2, T1, TL1), fp16 and int8 weights at BitNet-2B shapes,
+next to this machine's DRAM read bandwidth measured in the same run.
 
     python benchmarks/bench_kernels.py [--json out.json] [--rounds 5] [--threads 1,2]
 
@@ -11,10 +11,7 @@ N, K, M) with seconds (per call), gbps (weight bytes streamed per second), dram_
 streaming-read bandwidth at the same thread count, sampled right before each of the kernel's
 timing slices) and dram_fraction (median over rounds of the kernel's GB/s over the sample just
 before it: the available bandwidth of this shared machine drifts by 30 % within minutes, so
-only adjacent measurements make a fair ratio) and gweights_per_s (N x K / seconds, per call).
-Kernels: gemv (M=1, weights from DRAM), gemv-l2 (M=1, one copy of weights that fit in half the L2
-cache, so they come from L2: shapes that fit only), step8 (M=8 from DRAM: a batch of 8 decode
-steps), gemm (M=--gemm-m).
+only adjacent measurements make a fair ratio).
 """
 import argparse
 import json
@@ -35,38 +32,42 @@ except ImportError:  # run from a source checkout built in place
 
 # BitNet b1.58 2B4T: hidden 2560, 20 query / 5 kv heads of 128, intermediate 6912, vocab 128256.
 SHAPES = [  # (name, N, K, formats)
-    ("attn.qo", 2560, 2560, ("t2", "t1", "tl2", "f16")),
-    ("attn.kv", 640, 2560, ("t2", "t1", "tl2", "f16")),
-    ("mlp.gate_up", 6912, 2560, ("t2", "t1", "tl2", "f16")),
-    ("mlp.down", 2560, 6912, ("t2", "t1", "tl2", "f16")),
+    ("attn.qo", 2560, 2560, ("t2", "t1", "tl1", "tl2", "f16")),
+    ("attn.kv", 640, 2560, ("t2", "t1", "tl1", "tl2", "f16")),
+    ("mlp.gate_up", 6912, 2560, ("t2", "t1", "tl1", "tl2", "f16")),
+    ("mlp.down", 2560, 6912, ("t2", "t1", "tl1", "tl2", "f16")),
     ("lm_head", 128256, 2560, ("f16", "int8")),
 ]
 GEMM_M = 128
-STEP_M = 8
-BITS = {"t2": 2.0, "t1": 1.6, "tl2": 5 / 3, "f16": 16.0, "int8": 8.0}
-TERNARY = ("t2", "t1", "tl2")
+BATCH_M = 8  # the few-token step ("m8" rows): a batch of decode tokens through DRAM weights
+BITS = {"t2": 2.0, "t1": 1.6, "tl1": 2.0, "tl2": 5 / 3, "f16": 16.0, "int8": 8.0}
+TERNARY = ("t2", "t1", "tl1", "tl2")
 
 
-def cache_bytes(level=None):
-    """Data/unified cache of cpu0 from sysfs (lscpu's figure): the largest, or that of `level`;
-    32 MiB (last level) / 1 MiB (L2) if unreadable."""
+def last_level_cache_bytes():
+    """Largest data/unified cache of cpu0 from sysfs (lscpu's figure); 32 MiB if unreadable."""
     best = 0
     for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
             if (idx / "type").read_text().strip() == "Instruction":
                 continue
-            if level is not None and int((idx / "level").read_text()) != level:
-                continue
             size = (idx / "size").read_text().strip()
-        except (OSError, ValueError):
+        except OSError:
             continue
         unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
         best = max(best, int(size.rstrip("KMG")) * unit)
-    return best or ((32 << 20) if level is None else (1 << 20))
+    return best or 32 << 20
 
 
-def last_level_cache_bytes():
-    return cache_bytes()
+def l2_cache_bytes():
+    """Per-core L2 of cpu0 from sysfs; 1 MiB if unreadable."""
+    try:
+        idx = Path("/sys/devices/system/cpu/cpu0/cache/index2")
+        size = (idx / "size").read_text().strip()
+        unit = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+        return int(size.rstrip("KM")) * unit
+    except (OSError, ValueError):
+        return 1 << 20
 
 
 def cpu_model():
@@ -92,6 +93,8 @@ class Variant:
             self.weight_scale = 0.0173
         if share is not None:
             self.w_int, self.row_scale, self.copies = share.w_int, share.row_scale, share.copies
+            if min_bytes == -1:  # one hot copy: the weights stay in cache between calls
+                self.copies = self.copies[:1]
         else:
             self.w_int = self.row_scale = None
             if fmt in TERNARY:
@@ -178,8 +181,10 @@ def parse_args(argv):
     p.add_argument("--threads", help="comma-separated thread counts (default: 1,all cores)")
     p.add_argument("--shapes", help="comma-separated shape names (default: all): "
                    + ", ".join(s[0] for s in SHAPES))
-    p.add_argument("--formats", help="comma-separated formats (default: all): t2,t1,tl2,f16,int8")
+    p.add_argument("--formats", help="comma-separated formats (default: all): t2,t1,f16,int8")
     p.add_argument("--gemm-m", type=int, default=GEMM_M, help="tokens of the GEMM rows")
+    p.add_argument("--batch-m", type=int, default=BATCH_M,
+                   help="tokens of the few-token 'm8' rows (ternary formats; DRAM weights)")
     p.add_argument("--isa", help="comma-separated ISAs to time, or 'all' for every SIMD ISA here "
                    "(default: the active one; 'ref' only when named: the scalar reference is slow)")
     p.add_argument("--cache-multiple", type=float, default=4.0,
@@ -195,7 +200,6 @@ def main(argv=None):
     shapes = [s for s in SHAPES if not args.shapes or s[0] in args.shapes.split(",")]
     formats = args.formats.split(",") if args.formats else list(BITS)
     llc = last_level_cache_bytes()
-    l2 = cache_bytes(2)
     min_bytes = args.cache_multiple * llc
     simd = [i for i in K.available_isas() if i != "ref"] or ["ref"]
     isas = simd if args.isa == "all" else args.isa.split(",") if args.isa else [K.active_isa()]
@@ -218,7 +222,7 @@ def main(argv=None):
         f"{t} thread{'s' * (t > 1)} {max(g):.2f} GB/s" for t, g in dram_samples.items()))
 
     records = []
-    header = (f"{'shape':<12} {'N x K':>12} {'kernel':<7} {'fmt':<5} {'isa':<6} {'thr':>3} {'M':>4} "
+    header = (f"{'shape':<12} {'N x K':>12} {'kernel':<5} {'fmt':<5} {'isa':<6} {'thr':>3} {'M':>4} "
               f"{'time':>10} {'GB/s':>7} {'DRAM':>6} {'%DRAM':>6} {'GOPS':>8} {'tok/s':>9} {'copies':>6} "
               f"{'cpu':>4}")
     print(header)
@@ -230,12 +234,11 @@ def main(argv=None):
         for fmt in fmts:
             gemv = Variant("gemv", fmt, n, k, 1, rng, min_bytes)
             variants += [gemv, Variant("gemm", fmt, n, k, args.gemm_m, rng, 0, share=gemv)]
-            if fmt in TERNARY:
-                variants.append(Variant("step8", fmt, n, k, STEP_M, rng, 0, share=gemv))
-                if gemv.bytes <= l2 // 2:  # one copy, reused: the weights come from L2
-                    l2v = Variant("gemv-l2", fmt, n, k, 1, rng, 0, share=gemv)
-                    l2v.copies = l2v.copies[:1]
-                    variants.append(l2v)
+            if fmt in TERNARY:  # the same weights hot in cache ("l2" when they fit one core's
+                # L2, else "l3"), and a few-token batch streaming them from DRAM like the GEMV
+                hot = "l2" if gemv.bytes <= l2_cache_bytes() else "l3"
+                variants += [Variant(hot, fmt, n, k, 1, rng, -1, share=gemv),
+                             Variant("m8", fmt, n, k, args.batch_m, rng, 0, share=gemv)]
         for isa in isas:
             K.set_isa(isa)
             for t in thread_counts:  # validate before timing, at every thread count
@@ -278,7 +281,7 @@ def time_shape(variants, name, isa, t, args, dram_bytes, dram_samples):
         v.times, v.cpu_share, v.dram = [], [], []
     for _ in range(args.rounds):
         for v in variants:
-            if v.kernel in ("gemv", "step8") or not v.dram:
+            if v.kernel == "gemv" or not v.dram:
                 dram_samples[t].append(K.stream_read_gbps(dram_bytes, t, 1))
             v.dram.append(dram_samples[t][-1])
             v.run_slice(args.min_time, t)
@@ -292,14 +295,14 @@ def time_shape(variants, name, isa, t, args, dram_bytes, dram_samples):
             "kernel": v.kernel, "format": v.fmt, "isa": isa, "threads": t,
             "N": n, "K": k, "M": v.m, "seconds": sec, "gbps": v.bytes / sec / 1e9,
             "dram_gbps": dram, "dram_fraction": frac, "gops": 2.0 * v.m * n * k / sec / 1e9,
-            "tokens_per_s": v.m / sec, "gweights_per_s": n * k / sec / 1e9, "shape": name, "bits_per_weight": BITS[v.fmt],
+            "tokens_per_s": v.m / sec, "shape": name, "bits_per_weight": BITS[v.fmt],
             "weight_bytes": v.bytes, "copies": len(v.copies),
             "seconds_all_rounds": [float(x) for x in v.times],
             "dram_gbps_rounds": [float(x) for x in v.dram],
             "cpu_share": float(np.median(v.cpu_share)),
         }
         records.append(rec)
-        print(f"{name:<12} {f'{n}x{k}':>12} {v.kernel:<7} {v.fmt:<5} {isa:<6} {t:>3} {v.m:>4} "
+        print(f"{name:<12} {f'{n}x{k}':>12} {v.kernel:<5} {v.fmt:<5} {isa:<6} {t:>3} {v.m:>4} "
               f"{sec * 1e3:>8.3f}ms {rec['gbps']:>7.2f} {dram:>6.1f} {100 * frac:>5.0f}% "
               f"{rec['gops']:>8.1f} {rec['tokens_per_s']:>9.1f} {len(v.copies):>6} "
               f"{100 * rec['cpu_share']:>3.0f}%")
@@ -337,34 +340,34 @@ def print_targets(records, threads, isa):
                 ok = r >= 10.0 if fmt in ("t2", "t1") else None
                 lines.append((f"{fmt} GEMM M={gm['M']} >= 10x GEMV tok/s", f"{r:.1f}x "
                               f"({gm['gops']:.0f} GOPS; {at_dram:.1f}x a GEMV at 100% DRAM)", ok))
-        lines += tl2_targets(get, n, k)
+        lines += tl1_lines(get, n, k)
         for what, value, ok in lines:
             mark = "" if ok is None else ("ok" if ok else "MISS")
             print(f"{name:<12} {f'{n}x{k}':>12}  {what:<32} {value:<46} {mark}")
 
 
-def tl2_targets(get, n, k):
-    """Issue 15's targets for the TL2 lookup kernels, against T2 in the same run."""
+def tl1_lines(get, n, k):
+    """TL1 and TL2 beside T2 at one shape: weights/s of a GEMV (DRAM and hot in cache), GEMM
+    GOPS, and the step cost of a few-token batch over a GEMV's (a batch must cost far less than
+    M GEMVs)."""
     lines = []
-    for kernel, what, need in (("gemv-l2", "TL2 GEMV L2 >= 2x T2 Gw/s", 2.0),
-                               ("gemv", "TL2 GEMV DRAM vs T2 Gw/s", None),
-                               ("gemm", "TL2 GEMM >= 1.8x T2 GOPS", 1.8)):
-        a, b = get.get((kernel, "tl2", n, k)), get.get((kernel, "t2", n, k))
-        if a and b:
-            r = b["seconds"] / a["seconds"]
-            lines.append((what, f"{r:.2f}x ({a['gweights_per_s']:.0f} vs {b['gweights_per_s']:.0f} "
-                          f"Gw/s, {a['gops']:.0f} vs {b['gops']:.0f} GOPS)", None if need is None else r >= need))
-    gv = get.get(("gemv", "tl2", n, k))
-    if gv:
-        lines.append(("TL2 GEMV DRAM >= 80% DRAM", f"{100 * gv['dram_fraction']:.0f}% "
-                      f"({gv['gbps']:.1f} GB/s, DRAM {gv['dram_gbps']:.1f})", gv["dram_fraction"] >= 0.8))
-    for fmt in TERNARY:
-        one, eight = get.get(("gemv", fmt, n, k)), get.get(("step8", fmt, n, k))
-        if one and eight:
-            r = eight["seconds"] / one["seconds"]
-            lines.append((f"{fmt} M={STEP_M} step <= 2x M=1 step", f"{r:.2f}x", r <= 2.0 if fmt == "tl2" else None))
+    for fmt in ("tl1", "tl2"):
+        tag = fmt.upper()
+        for kernel in ("gemv", "l2", "l3", "gemm"):
+            t2, tl = get.get((kernel, "t2", n, k)), get.get((kernel, fmt, n, k))
+            if t2 and tl:
+                if kernel == "gemm":
+                    value = f"{tag} {tl['gops']:.0f} vs T2 {t2['gops']:.0f} GOPS"
+                else:
+                    value = (f"{tag} {n * k / tl['seconds'] / 1e9:.1f} vs T2 "
+                             f"{n * k / t2['seconds'] / 1e9:.1f} Gweights/s")
+                lines.append((f"{tag} {kernel} vs T2", value + f" ({t2['seconds'] / tl['seconds']:.2f}x)", None))
+    for fmt in ("t2", "tl1", "tl2"):
+        gv, b = get.get(("gemv", fmt, n, k)), get.get(("m8", fmt, n, k))
+        if gv and b:
+            lines.append((f"{fmt} M={b['M']} / M=1 step cost", f"{b['seconds'] / gv['seconds']:.2f}x "
+                          f"({b['seconds'] * 1e6:.0f} vs {gv['seconds'] * 1e6:.0f} us)", None))
     return lines
-
 
 if __name__ == "__main__":
     main()

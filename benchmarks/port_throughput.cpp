@@ -62,6 +62,12 @@ double cycle_seconds() {
 #define MOVZ(r, k) "vmovdqu8 %%zmm16, %%zmm2" r "%{%%k1%}%{z%}\n"
 #define MOVM(r, k) "vmovdqu8 %%zmm17, %%zmm2" r "%{%%k1%}\n"
 #define ADD(r, k) "vpaddb %%zmm16, %%zmm17, %%zmm2" r "\n"
+#define PERMB(r, k) "vpermb %%zmm16, %%zmm17, %%zmm2" r "\n"
+#define PERMW(r, k) "vpermw %%zmm16, %%zmm17, %%zmm2" r "\n"
+#define ADDW(r, k) "vpaddw %%zmm16, %%zmm17, %%zmm2" r "\n"
+#define SLLW(r, k) "vpsllw $4, %%zmm16, %%zmm2" r "\n"
+#define LOADT(r, k) "vmovdqu64 -128(%%rsp), %%zmm2" r "\n"
+#define SHUF_ADDW(r, k) SHUF(r, k) ADDW(r, k)
 #define DP_TEST(r, k) DP(r, k) TEST(r, k)
 #define DP_KMOV(r, k) DP(r, k) KMOV(r, k)
 #define DP_SAD(r, k) DP(r, k) SAD(r, k)
@@ -88,6 +94,15 @@ double cycle_seconds() {
 #define LOAD_4PERMW(r, k) LOAD_2PERMW(r, k) PERMW_R(r, k) ADDW(r, k) PERMW_R(r, k) ADDW(r, k)
 #define TL2_GEMV(r, k) SRLW(r, k) PERMW_M(r, k) ADDW(r, k)             // tl2_avx512.cpp, 1 token
 #define TL2_TOKEN(r, k) PERMW_M(r, k) ADDW(r, k)                        // each further token
+// TL1 (tl1_avx512.cpp), per 128 weights = one 32-byte unit of 16 rows x 4 pairs: the decode
+// (vpermb, vpxord, vpsllw, vpsrlw, 2 vpternlogd) once per block of tokens, then per token a table
+// load and 2 x (vpshufb, vpaddw).
+#define TL1_DECODE(r, k) PERMB(r, k) "vpxord %%zmm16, %%zmm17, %%zmm2" r "\n" SLLW(r, k)       \
+    "vpsrlw $4, %%zmm17, %%zmm2" r "\n" TERN(r, k) TERN(r, k)
+#define TL1_TOKEN(r, k) LOADT(r, k) SHUF(r, k) ADDW(r, k) SHUF(r, k) ADDW(r, k)
+#define TL1_GEMV(r, k) TL1_DECODE(r, k) TL1_TOKEN(r, k)
+#define TL1_M8(r, k) TL1_DECODE(r, k) TL1_TOKEN(r, k) TL1_TOKEN(r, k) TL1_TOKEN(r, k)         \
+    TL1_TOKEN(r, k) TL1_TOKEN(r, k) TL1_TOKEN(r, k) TL1_TOKEN(r, k) TL1_TOKEN(r, k)
 #define GEMM_TOKEN(r, k) "vpxord %%zmm16, %%zmm17, %%zmm2" r "\n" ADD(r, k) DP(r, k)  // xor, and, dp
 
 double g_cycle;
@@ -113,6 +128,12 @@ int main() {
     RUN("vpternlogd", TERN);
     RUN("vmovdqu8 {k}{z}", MOVZ);
     RUN("vpaddb", ADD);
+    RUN("vpermb", PERMB);
+    RUN("vpermw", PERMW);
+    RUN("vpaddw", ADDW);
+    RUN("vpsllw imm", SLLW);
+    RUN("vmovdqu64 zmm, m512 (L1)", LOADT);
+    RUN("vpshufb + vpaddw", SHUF_ADDW);
     RUN("vpdpbusd + vptestmb", DP_TEST);
     RUN("vpdpbusd + kmovq m64", DP_KMOV);
     RUN("vpdpbusd + vpsadbw", DP_SAD);
@@ -134,4 +155,8 @@ int main() {
     RUN("table load + 4 x (vpermw zmm, vpaddw)", LOAD_4PERMW);
     RUN("TL2 GEMV, 32 rows x 3 weights: vpsrlw, vpermw m512, vpaddw", TL2_GEMV);
     RUN("TL2 per extra token, 96 weights: vpermw m512, vpaddw", TL2_TOKEN);
+    RUN("TL1 unit decode (128 weights): 6 ops", TL1_DECODE);
+    RUN("TL1 unit x token: load, 2 vpshufb, 2 vpaddw", TL1_TOKEN);
+    RUN("TL1 GEMV unit (128 weights): decode + 1 token", TL1_GEMV);
+    RUN("TL1 M=8 unit (128 weights): decode + 8 tokens", TL1_M8);
 }

@@ -527,6 +527,7 @@ const KernelTable& avx512_kernels() {
         k.ternary_t2 = ternary_t2_avx512;
         k.ternary_t1 = ternary_t1_avx512;
         k.ternary_tl2 = tl2::avx512_kernel();  // tl2_avx512.cpp
+        k.ternary_tl1 = ternary_tl1_avx512;  // tl1_avx512.cpp
         k.quantize_row = quantize_row_avx512;
         return k;
     }();

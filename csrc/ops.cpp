@@ -17,6 +17,7 @@ constexpr int64_t kRowAlign = 32;
 void ternary_rows(const KernelTable& kt, Format fmt, const uint8_t* packed, int64_t K, int64_t N,
                   int64_t n0, int64_t n1, const int8_t* q, int64_t M, int32_t* acc, int64_t ldc) {
     if (fmt == Format::TL2) return kt.ternary_tl2(packed, K, N, n0, n1, q, K, M, acc, ldc);
+    if (fmt == Format::TL1) return kt.ternary_tl1(packed, K, n0, n1, q, K, M, acc, ldc);  // ldc = N
     (fmt == Format::T2 ? kt.ternary_t2 : kt.ternary_t1)(packed, K, n0, n1, q, K, M, acc, ldc);
 }
 

@@ -52,6 +52,30 @@
 //   30, 31), which the packer never writes, decode as three zero weights on every ISA; 16 is -0.
 //   Kernels: per token and group, a table T[c] = sum_i w_i(c) a_i (adds and subtracts
 //   of activations, |T| <= 384); the result is sum over groups of T[code], exact in int32.
+//   TL1 (2 bits/weight, table lookup): weights in pairs (w[2j], w[2j+1]), one 4-bit code per
+//      pair: bit 3 set = (0, 0); else bits 0..2 = p, (w0, w1) = kW0/kW1[p] of tl1.h, the 3x3
+//      grid (w0 + 1) * 3 + (w1 + 1) without its centre. K is padded to whole groups of 4 pairs
+//      (8 weights; padding code 8), row_bytes = 2 * ceil(K / 8). Rows come in tiles of 16:
+//      tile t = rows 16t .. 16t+15 = the 16 * row_bytes bytes from row 16t on, a sequence of
+//      32-byte units, unit g = pairs 4g .. 4g+3 of the tile's 16 rows:
+//
+//          unit byte  8*L + r  (L = 0..3 pair 4g+L, r = 0..7):
+//              low nibble  = code of (row 16t + r,     pair 4g + L)
+//              high nibble = code of (row 16t + 8 + r, pair 4g + L)
+//
+//          byte:  0 .. 7      8 .. 15     16 .. 23    24 .. 31
+//          pair:  4g          4g+1        4g+2        4g+3
+//          lo:    rows 0-7    rows 0-7    rows 0-7    rows 0-7
+//          hi:    rows 8-15   rows 8-15   rows 8-15   rows 8-15
+//
+//      so one 32-byte load serves 16 rows, and each 128-bit lane of the decoded indices is one
+//      pair's 8 rows: one vpshufb of that pair's 16-byte table (lo bytes of the 8 sums
+//      w0 a0 + w1 a1 in bytes 0..7, hi bytes in 8..15) gives 8 rows' exact int16 sums.
+//      The rows of a last, partial tile (N % 16 of them) are stored plainly: row n's byte j / 2
+//      holds pair j (low nibble for even j). The layout of a row thus depends on N, and TL1
+//      kernels take N = ldc (ternary_rows' acc is always [M, N]); a packed TL1 tensor may be cut
+//      by rows only at multiples of 16 rows below 16 * floor(N / 16).
+//      Activations at k >= K count as 0. Codes the packer never writes (9..15) read as (0, 0).
 //
 //   Bytes the packer never writes decode as in the reference on every ISA: a T2 weight with both
 //   bits set is +1; a T1 code 243..255 is read by the same base-3 rule (as code - 243).
@@ -74,6 +98,10 @@ constexpr int kT2BlockBytes = 64;
 constexpr int kT1BlockWeights = 320;
 constexpr int kT1BlockBytes = 64;
 constexpr int kT1DigitsPerByte = 5;
+constexpr int kTL1TileRows = 16;     // rows per interleaved TL1 tile
+constexpr int kTL1GroupPairs = 4;    // pairs per 32-byte TL1 unit (one 128-bit lane each)
+constexpr int kTL1GroupWeights = 8;  // weights per row and unit
+constexpr int kTL1UnitBytes = 32;    // 16 rows x 4 pairs x 4 bits
 
 struct BlockT2 {
     uint64_t plus[4];   // bit j of plus[s]: weight 64*s + j of the block is +1
@@ -99,7 +127,7 @@ constexpr int kTL2MaxMagnitude = 13;  // |9 w0 + 3 w1 + w2|
 static_assert(kTL2BlockGroups * 5 == kTL2BlockWords * 16, "16 five-bit codes fill 5 words");
 static_assert(kTL2BlockBytes * 8 * 3 == kTL2BlockWeights * 5, "TL2 is 5/3 bits per weight");
 
-enum class Format { T2 = 0, T1 = 1, TL2 = 2 };
+enum class Format { T2 = 0, T1 = 1, TL2 = 2, TL1 = 3 };
 
 constexpr int kQ4Group = 128;
 constexpr int kQ4GroupBytes = 64;
@@ -126,6 +154,22 @@ void attention_chunk_generic(const float* q, int64_t g, int64_t D, const float* 
 // TL2 reference kernel (tl2_ref.cpp): acc[m, n] for n in [n0, n1) of an N-row TL2 matrix.
 void ternary_tl2_ref(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
                      const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
+// TL1 scalar reference (tl1_ref.cpp): the entry of every table that brings no faster one.
+void ternary_tl1_ref(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1, const int8_t* q,
+                     int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
+// TL1 packer / unpacker of a whole [n, k] tensor (tiles span rows), called by pack_rows.
+void pack_tl1(const int8_t* w, int64_t n, int64_t k, uint8_t* out);
+void unpack_tl1(const uint8_t* packed, int64_t n, int64_t k, int8_t* out);
+#if defined(TERNARY_X86)
+void ternary_tl1_avx2(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1, const int8_t* q,
+                      int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
+void ternary_tl1_avx512(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1, const int8_t* q,
+                        int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
+#endif
+#if defined(TERNARY_NEON)
+void ternary_tl1_neon(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1, const int8_t* q,
+                      int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
+#endif
 
 // ---- per-ISA kernels: identical signatures, one table per ISA ----
 // Every kernel works on output rows [n0, n1) so the thread pool can split by rows.
@@ -166,6 +210,10 @@ struct KernelTable {
     void (*ternary_tl2)(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
                         const int8_t* q, int64_t ldq, int64_t M, int32_t* acc,
                         int64_t ldc) = ternary_tl2_ref;
+    // TL1 rows, as ternary_t2 but ldc must be the matrix's N (the tile layout depends on it).
+    void (*ternary_tl1)(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1,
+                        const int8_t* q, int64_t ldq, int64_t M, int32_t* acc,
+                        int64_t ldc) = ternary_tl1_ref;
 };
 
 const KernelTable& ref_kernels();

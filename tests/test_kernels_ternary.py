@@ -17,7 +17,7 @@ import pytest
 from engine import kernels
 
 ISAS = kernels.available_isas()
-FORMATS = ("t2", "t1")  # tl2 (own layout and kernels): tests/test_kernels_tl2.py
+FORMATS = ("t2", "t1")  # the block layouts; table-lookup layouts have their own test files
 SIZES = (1, 3, 31, 96, 200, 255, 1003, 2560, 6912)  # N and K
 TOKENS = (1, 2, 7, 64)  # M
 

@@ -48,6 +48,12 @@ std::vector<int8_t> activations(int64_t m, int64_t k) {
     return q;
 }
 
+using TernaryEntry = void (*)(const uint8_t*, int64_t, int64_t, int64_t, const int8_t*, int64_t,
+                              int64_t, int32_t*, int64_t);
+TernaryEntry entry(const KernelTable& t, Format fmt) {
+    return fmt == Format::TL1 ? t.ternary_tl1 : fmt == Format::T2 ? t.ternary_t2 : t.ternary_t1;
+}
+
 // One matmul through both tables' entries; q is an exact-size heap copy, so a read past K
 // lands outside the allocation.
 void check_matmul(Format fmt, const std::vector<int8_t>& w, int64_t n, int64_t k,
@@ -58,8 +64,8 @@ void check_matmul(Format fmt, const std::vector<int8_t>& w, int64_t n, int64_t k
     std::memcpy(q, qv.data(), size_t(m * k));
     std::vector<int32_t> got(size_t(m * n), -7), want(size_t(m * n), -9);
     const KernelTable &neon = neon_kernels(), &ref = ref_kernels();
-    (fmt == Format::T2 ? neon.ternary_t2 : neon.ternary_t1)(packed.data(), k, 0, n, q, k, m, got.data(), n);
-    (fmt == Format::T2 ? ref.ternary_t2 : ref.ternary_t1)(packed.data(), k, 0, n, q, k, m, want.data(), n);
+    entry(neon, fmt)(packed.data(), k, 0, n, q, k, m, got.data(), n);
+    entry(ref, fmt)(packed.data(), k, 0, n, q, k, m, want.data(), n);
     delete[] q;
     expect(got == want, what, long(n), long(k), long(m));
 }
@@ -72,7 +78,7 @@ const int64_t kSizes[] = {1, 3, 31, 96, 200, 255, 1003, 2560, 6912};
 const int64_t kTokens[] = {1, 2, 7, 64};
 
 void matmul_sweeps(Format fmt) {
-    const char* f = fmt == Format::T2 ? "t2" : "t1";
+    const char* f = fmt == Format::TL1 ? "tl1" : fmt == Format::T2 ? "t2" : "t1";
     char what[64];
     std::snprintf(what, sizeof what, "%s N sweep", f);
     for (int64_t n : kSizes)
@@ -114,7 +120,7 @@ void matmul_sweeps(Format fmt) {
 // Bytes the packer never writes (T2: both bits of a weight set; T1: codes 243..255) decode as
 // in the reference. K is a whole number of blocks, so there is no padding.
 void arbitrary_bytes() {
-    for (Format fmt : {Format::T2, Format::T1}) {
+    for (Format fmt : {Format::T2, Format::T1, Format::TL1}) {
         for (int64_t m : {1, 5}) {
             const int64_t n = 9, k = 2560;
             std::vector<uint8_t> packed(size_t(n) * row_bytes(fmt, k));
@@ -123,8 +129,8 @@ void arbitrary_bytes() {
             const auto q = activations(m, k);
             std::vector<int32_t> got(size_t(m * n)), want(size_t(m * n));
             const KernelTable &neon = neon_kernels(), &ref = ref_kernels();
-            (fmt == Format::T2 ? neon.ternary_t2 : neon.ternary_t1)(packed.data(), k, 0, n, q.data(), k, m, got.data(), n);
-            (fmt == Format::T2 ? ref.ternary_t2 : ref.ternary_t1)(packed.data(), k, 0, n, q.data(), k, m, want.data(), n);
+            entry(neon, fmt)(packed.data(), k, 0, n, q.data(), k, m, got.data(), n);
+            entry(ref, fmt)(packed.data(), k, 0, n, q.data(), k, m, want.data(), n);
             expect(got == want, "arbitrary packed bytes", long(fmt), long(k), long(m));
         }
     }
@@ -137,7 +143,7 @@ void ops_layer() {
         expect(false, "neon is not in available_isas", 0, 0, 0);
         return;
     }
-    for (Format fmt : {Format::T2, Format::T1}) {
+    for (Format fmt : {Format::T2, Format::T1, Format::TL1}) {
         for (int threads : {1, 2}) {
             set_num_threads(threads);
             for (int64_t m : {1, 7}) {
@@ -148,8 +154,7 @@ void ops_layer() {
                 pack_rows(fmt, w.data(), n, k, packed.data());
                 std::vector<int32_t> got(size_t(m * n)), want(size_t(m * n));
                 ternary_matmul_i32(fmt, packed.data(), n, k, q.data(), m, got.data());
-                (fmt == Format::T2 ? ref_kernels().ternary_t2 : ref_kernels().ternary_t1)(
-                    packed.data(), k, 0, n, q.data(), k, m, want.data(), n);
+                entry(ref_kernels(), fmt)(packed.data(), k, 0, n, q.data(), k, m, want.data(), n);
                 expect(got == want, "ops ternary_matmul_i32", long(threads), long(k), long(m));
             }
         }
@@ -180,16 +185,27 @@ void quantize() {
 }
 
 void pack_round_trip() {
-    for (Format fmt : {Format::T2, Format::T1}) {
-        for (int64_t k : kSizes) {
-            const auto w = ternary_weights(3, k);
-            std::vector<uint8_t> packed(3 * row_bytes(fmt, k));
-            pack_rows(fmt, w.data(), 3, k, packed.data());
-            std::vector<int8_t> back(size_t(3 * k));
-            unpack_rows(fmt, packed.data(), 3, k, back.data());
-            expect(back == w, "pack round trip", long(fmt), long(k), 0);
+    for (Format fmt : {Format::T2, Format::T1, Format::TL1}) {
+        for (int64_t n : {3, 16, 35}) {
+            for (int64_t k : kSizes) {
+                const auto w = ternary_weights(n, k);
+                std::vector<uint8_t> packed(size_t(n) * row_bytes(fmt, k));
+                pack_rows(fmt, w.data(), n, k, packed.data());
+                std::vector<int8_t> back(size_t(n * k));
+                unpack_rows(fmt, packed.data(), n, k, back.data());
+                expect(back == w, "pack round trip", long(fmt), long(n), long(k));
+            }
         }
     }
+}
+
+// TL1: odd N across 16-row tiles, K off the 8-weight group and its int16 chunks, M 1..17.
+void tl1_sweeps() {
+    for (int64_t k : {1, 2, 3, 5, 127, 129, 255, 641, 2560, 6912})
+        for (int64_t n : {1, 17, 33, 67})
+            for (int64_t m : {1, 4, 5, 17}) check_random(Format::TL1, n, k, m, "tl1 odd sizes");
+    for (int64_t n = 1; n <= 67; n += 2) check_random(Format::TL1, n, 129, 1 + n % 5, "tl1 N 1..67");
+    for (int64_t m = 1; m <= 17; ++m) check_random(Format::TL1, 33, 641, m, "tl1 M 1..17");
 }
 
 // Q4 head rows: random bytes and sub-scales (every nibble and 0..127), int8 activations with
@@ -272,6 +288,8 @@ int main() {
     matmul_sweeps(Format::T2);
     matmul_sweeps(Format::T1);
     tl2_sweeps();
+    matmul_sweeps(Format::TL1);
+    tl1_sweeps();
     arbitrary_bytes();
     ops_layer();
     q4_rows();
