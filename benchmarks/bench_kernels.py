@@ -32,16 +32,16 @@ except ImportError:  # run from a source checkout built in place
 
 # BitNet b1.58 2B4T: hidden 2560, 20 query / 5 kv heads of 128, intermediate 6912, vocab 128256.
 SHAPES = [  # (name, N, K, formats)
-    ("attn.qo", 2560, 2560, ("t2", "t1", "tl1", "f16")),
-    ("attn.kv", 640, 2560, ("t2", "t1", "tl1", "f16")),
-    ("mlp.gate_up", 6912, 2560, ("t2", "t1", "tl1", "f16")),
-    ("mlp.down", 2560, 6912, ("t2", "t1", "tl1", "f16")),
+    ("attn.qo", 2560, 2560, ("t2", "t1", "tl1", "tl2", "f16")),
+    ("attn.kv", 640, 2560, ("t2", "t1", "tl1", "tl2", "f16")),
+    ("mlp.gate_up", 6912, 2560, ("t2", "t1", "tl1", "tl2", "f16")),
+    ("mlp.down", 2560, 6912, ("t2", "t1", "tl1", "tl2", "f16")),
     ("lm_head", 128256, 2560, ("f16", "int8")),
 ]
 GEMM_M = 128
 BATCH_M = 8  # the few-token step ("m8" rows): a batch of decode tokens through DRAM weights
-BITS = {"t2": 2.0, "t1": 1.6, "tl1": 2.0, "f16": 16.0, "int8": 8.0}
-TERNARY = ("t2", "t1", "tl1")
+BITS = {"t2": 2.0, "t1": 1.6, "tl1": 2.0, "tl2": 5 / 3, "f16": 16.0, "int8": 8.0}
+TERNARY = ("t2", "t1", "tl1", "tl2")
 
 
 def last_level_cache_bytes():
@@ -347,24 +347,27 @@ def print_targets(records, threads, isa):
 
 
 def tl1_lines(get, n, k):
-    """TL1 beside T2 at one shape: weights/s of a GEMV (DRAM and hot in cache), GEMM GOPS, and
-    the step cost of a few-token batch over a GEMV's (a batch must cost far less than M GEMVs)."""
+    """TL1 and TL2 beside T2 at one shape: weights/s of a GEMV (DRAM and hot in cache), GEMM
+    GOPS, and the step cost of a few-token batch over a GEMV's (a batch must cost far less than
+    M GEMVs)."""
     lines = []
-    for kernel in ("gemv", "l2", "l3", "gemm"):
-        t2, tl1 = get.get((kernel, "t2", n, k)), get.get((kernel, "tl1", n, k))
-        if t2 and tl1:
-            if kernel == "gemm":
-                value = f"TL1 {tl1['gops']:.0f} vs T2 {t2['gops']:.0f} GOPS"
-            else:
-                value = f"TL1 {n * k / tl1['seconds'] / 1e9:.1f} vs T2 {n * k / t2['seconds'] / 1e9:.1f} Gweights/s"
-            lines.append((f"TL1 {kernel} vs T2", value + f" ({t2['seconds'] / tl1['seconds']:.2f}x)", None))
-    for fmt in ("t2", "tl1"):
+    for fmt in ("tl1", "tl2"):
+        tag = fmt.upper()
+        for kernel in ("gemv", "l2", "l3", "gemm"):
+            t2, tl = get.get((kernel, "t2", n, k)), get.get((kernel, fmt, n, k))
+            if t2 and tl:
+                if kernel == "gemm":
+                    value = f"{tag} {tl['gops']:.0f} vs T2 {t2['gops']:.0f} GOPS"
+                else:
+                    value = (f"{tag} {n * k / tl['seconds'] / 1e9:.1f} vs T2 "
+                             f"{n * k / t2['seconds'] / 1e9:.1f} Gweights/s")
+                lines.append((f"{tag} {kernel} vs T2", value + f" ({t2['seconds'] / tl['seconds']:.2f}x)", None))
+    for fmt in ("t2", "tl1", "tl2"):
         gv, b = get.get(("gemv", fmt, n, k)), get.get(("m8", fmt, n, k))
         if gv and b:
             lines.append((f"{fmt} M={b['M']} / M=1 step cost", f"{b['seconds'] / gv['seconds']:.2f}x "
                           f"({b['seconds'] * 1e6:.0f} vs {gv['seconds'] * 1e6:.0f} us)", None))
     return lines
-
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 // Throughput of the AVX-512 instructions the ternary kernels are built from, alone and in the
 // mixes the kernels issue: the evidence behind "what bounds it" in benchmarks/RESULTS.md.
 //
-//   c++ -O2 -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512vbmi -mgfni \
+//   c++ -O2 -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512vbmi -mavx512vbmi2 -mgfni \
 //       -o /tmp/port_throughput benchmarks/port_throughput.cpp && /tmp/port_throughput
 //
 // Each row runs a group of instructions 8 times per loop iteration on 8 independent registers
@@ -9,6 +9,11 @@
 // dependent scalar adds (one per cycle on every x86 core), so the figures hold whatever the clock.
 #include <chrono>
 #include <cstdio>
+
+// A 64-byte aligned table for the memory operands (a stack slot may straddle two cache lines).
+extern "C" {
+alignas(64) char tl2_table[64];
+}
 
 namespace {
 
@@ -69,9 +74,26 @@ double cycle_seconds() {
 #define DP_SHUF(r, k) DP(r, k) SHUF(r, k)
 #define DP_TERN(r, k) DP(r, k) TERN(r, k)
 #define DP_ADD(r, k) DP(r, k) ADD(r, k)
+#define DP_PERMW(r, k) DP(r, k) "vpermw %%zmm16, %%zmm17, %%zmm2" r "\n"
 // One 64-weight plane of each kernel's inner loop:
 #define T2_GEMV(r, k) KMOV(r, "2") KMOV(r, "3") MOVZ(r, k) MOVM(r, k) DP(r, k)      // avx512.cpp
 #define T1_GEMV(r, k) TEST(r, "2") TEST(r, "3") MOVZ(r, k) MOVM(r, k) DP(r, k)      // + decode
+// TL2 (table lookup): vpermw looks up 32 rows' codes in a 32-entry int16 table (register or
+// memory operand); a shift (vpsrlw, or vpshrdw for a code straddling two words) makes the next
+// group's index vector; vpaddw accumulates.
+#define PERMW(r, k) "vpermw %%zmm16, %%zmm17, %%zmm2" r "\n"
+#define PERMW_M(r, k) "vpermw tl2_table(%%rip), %%zmm17, %%zmm2" r "\n"
+#define ADDW(r, k) "vpaddw %%zmm16, %%zmm2" r ", %%zmm2" r "\n"
+#define SRLW(r, k) "vpsrlw $5, %%zmm16, %%zmm" r "\n"
+#define SHRDW(r, k) "vpshrdw $13, %%zmm16, %%zmm17, %%zmm" r "\n"
+#define PERMW_ADD(r, k) PERMW(r, k) ADDW(r, k)
+#define PERMW_SRL(r, k) PERMW(r, k) SRLW(r, k)
+#define LOADZ(r, k) "vmovdqu64 tl2_table(%%rip), %%zmm" r "\n"
+#define PERMW_R(r, k) "vpermw %%zmm" r ", %%zmm17, %%zmm2" r "\n"
+#define LOAD_2PERMW(r, k) LOADZ(r, k) PERMW_R(r, k) ADDW(r, k) PERMW_R(r, k) ADDW(r, k)
+#define LOAD_4PERMW(r, k) LOAD_2PERMW(r, k) PERMW_R(r, k) ADDW(r, k) PERMW_R(r, k) ADDW(r, k)
+#define TL2_GEMV(r, k) SRLW(r, k) PERMW_M(r, k) ADDW(r, k)             // tl2_avx512.cpp, 1 token
+#define TL2_TOKEN(r, k) PERMW_M(r, k) ADDW(r, k)                        // each further token
 // TL1 (tl1_avx512.cpp), per 128 weights = one 32-byte unit of 16 rows x 4 pairs: the decode
 // (vpermb, vpxord, vpsllw, vpsrlw, 2 vpternlogd) once per block of tokens, then per token a table
 // load and 2 x (vpshufb, vpaddw).
@@ -121,6 +143,18 @@ int main() {
     RUN("T2 GEMV plane: 2 kmovq, 2 masked moves, dpbusd", T2_GEMV);
     RUN("T1 GEMV plane: 2 vptestmb, 2 masked moves, dpbusd", T1_GEMV);
     RUN("GEMM token x plane: 2 logic ops, dpbusd", GEMM_TOKEN);
+    RUN("vpermw (table in zmm)", PERMW);
+    RUN("vpermw m512 (table in L1)", PERMW_M);
+    RUN("vpsrlw imm", SRLW);
+    RUN("vpshrdw imm", SHRDW);
+    RUN("vpermw + vpaddw", PERMW_ADD);
+    RUN("vpermw + vpsrlw", PERMW_SRL);
+    RUN("vpdpbusd + vpermw", DP_PERMW);
+    RUN("vmovdqu64 m512 (table load)", LOADZ);
+    RUN("table load + 2 x (vpermw zmm, vpaddw)", LOAD_2PERMW);
+    RUN("table load + 4 x (vpermw zmm, vpaddw)", LOAD_4PERMW);
+    RUN("TL2 GEMV, 32 rows x 3 weights: vpsrlw, vpermw m512, vpaddw", TL2_GEMV);
+    RUN("TL2 per extra token, 96 weights: vpermw m512, vpaddw", TL2_TOKEN);
     RUN("TL1 unit decode (128 weights): 6 ops", TL1_DECODE);
     RUN("TL1 unit x token: load, 2 vpshufb, 2 vpaddw", TL1_TOKEN);
     RUN("TL1 GEMV unit (128 weights): decode + 1 token", TL1_GEMV);

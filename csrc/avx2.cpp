@@ -23,6 +23,7 @@
 #include "dense.h"
 #include "quantize_tail.h"
 #include "ternary.h"
+#include "tl2.h"
 
 namespace ternary {
 namespace {
@@ -416,6 +417,7 @@ const KernelTable& avx2_kernels() {
         add_dense_kernels_avx2(k);  // f16_rows, int8_rows, attention_chunk
         k.ternary_t2 = ternary_t2_avx2;
         k.ternary_t1 = ternary_t1_avx2;
+        k.ternary_tl2 = tl2::avx2_kernel();  // tl2_avx2.cpp
         k.ternary_tl1 = ternary_tl1_avx2;  // tl1_avx2.cpp
         k.quantize_row = quantize_row_avx2;
         return k;

@@ -26,6 +26,7 @@
 
 #include "dense.h"
 #include "ternary.h"
+#include "tl2.h"
 
 // GCC 12 warns about _mm512_undefined_* inside its own intrinsic headers.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -525,6 +526,7 @@ const KernelTable& avx512_kernels() {
         add_dense_kernels_avx512(k);  // f16_rows, int8_rows, attention_chunk
         k.ternary_t2 = ternary_t2_avx512;
         k.ternary_t1 = ternary_t1_avx512;
+        k.ternary_tl2 = tl2::avx512_kernel();  // tl2_avx512.cpp
         k.ternary_tl1 = ternary_tl1_avx512;  // tl1_avx512.cpp
         k.quantize_row = quantize_row_avx512;
         return k;

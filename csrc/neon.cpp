@@ -23,6 +23,7 @@
 
 #include "quantize_tail.h"
 #include "ternary.h"
+#include "tl2.h"
 
 namespace ternary {
 namespace {
@@ -488,6 +489,7 @@ const KernelTable& neon_kernels() {
         k.name = "neon";
         k.ternary_t2 = ternary_t2_neon;
         k.ternary_t1 = ternary_t1_neon;
+        k.ternary_tl2 = tl2::neon_kernel();  // tl2_neon.cpp
         k.ternary_tl1 = ternary_tl1_neon;  // tl1_neon.cpp
         k.quantize_row = quantize_row_neon;
         k.q4_rows = q4_rows_neon;

@@ -10,10 +10,13 @@
 namespace ternary {
 namespace {
 
-constexpr int64_t kRowAlign = 16;  // chunk starts: multiples of the widest row group of any ISA
+// Chunk starts: multiples of the widest row group of any ISA (a TL2 tile is 32 rows).
+constexpr int64_t kRowAlign = 32;
 
-void ternary_rows(const KernelTable& kt, Format fmt, const uint8_t* packed, int64_t K, int64_t n0,
-                  int64_t n1, const int8_t* q, int64_t M, int32_t* acc, int64_t ldc) {
+// Rows [n0, n1) of an N-row matrix; acc has row stride ldc.
+void ternary_rows(const KernelTable& kt, Format fmt, const uint8_t* packed, int64_t K, int64_t N,
+                  int64_t n0, int64_t n1, const int8_t* q, int64_t M, int32_t* acc, int64_t ldc) {
+    if (fmt == Format::TL2) return kt.ternary_tl2(packed, K, N, n0, n1, q, K, M, acc, ldc);
     if (fmt == Format::TL1) return kt.ternary_tl1(packed, K, n0, n1, q, K, M, acc, ldc);  // ldc = N
     (fmt == Format::T2 ? kt.ternary_t2 : kt.ternary_t1)(packed, K, n0, n1, q, K, M, acc, ldc);
 }
@@ -24,7 +27,7 @@ void ternary_matmul_i32(Format fmt, const uint8_t* packed, int64_t N, int64_t K,
                         int64_t M, int32_t* acc) {
     const KernelTable& kt = active_kernels();
     parallel_rows(N, kRowAlign, std::max<int64_t>(1, K * M / 8), [&](int64_t n0, int64_t n1) {
-        ternary_rows(kt, fmt, packed, K, n0, n1, q, M, acc, N);
+        ternary_rows(kt, fmt, packed, K, N, n0, n1, q, M, acc, N);
     });
 }
 
@@ -65,7 +68,7 @@ void ternary_linear_rows(const KernelTable& kt, Format fmt, const TernaryProject
                          const int8_t* q, const float* act_scale, int64_t M, bool divide,
                          int64_t n0, int64_t n1) {
     int32_t* acc = reinterpret_cast<int32_t*>(p.out);
-    ternary_rows(kt, fmt, p.packed, K, n0, n1, q, M, acc, p.N);
+    ternary_rows(kt, fmt, p.packed, K, p.N, n0, n1, q, M, acc, p.N);
     accumulators_to_floats(p.out, p.N, M, n0, n1, [&](int32_t a, int64_t m, int64_t) {
         return divide ? float(a) / (act_scale[m] * p.weight_scale)
                       : float(a) / act_scale[m] * p.weight_scale;

@@ -5,7 +5,12 @@
 
 namespace ternary {
 
+bool pack_rows_tl2(const int8_t* w, int64_t n, int64_t k, uint8_t* out);  // tl2_ref.cpp
+void unpack_rows_tl2(const uint8_t* packed, int64_t n, int64_t k, int8_t* out);
+
 size_t row_bytes(Format fmt, int64_t k) {
+    if (fmt == Format::TL2)
+        return size_t((k + kTL2BlockWeights - 1) / kTL2BlockWeights) * kTL2BlockBytes;
     if (fmt == Format::TL1) return size_t((k + kTL1GroupWeights - 1) / kTL1GroupWeights) * 2;
     if (fmt == Format::T2) return size_t((k + kT2BlockWeights - 1) / kT2BlockWeights) * kT2BlockBytes;
     return size_t((k + kT1BlockWeights - 1) / kT1BlockWeights) * kT1BlockBytes;
@@ -48,6 +53,7 @@ static bool pack_row_t1(const int8_t* w, int64_t k, uint8_t* out) {
 }
 
 bool pack_rows(Format fmt, const int8_t* w, int64_t n, int64_t k, uint8_t* out) {
+    if (fmt == Format::TL2) return pack_rows_tl2(w, n, k, out);  // rows interleaved in tiles
     const size_t rb = row_bytes(fmt, k);
     if (fmt == Format::TL1) {  // tiles span rows: check every weight, then pack the tensor
         for (int64_t i = 0; i < n * k; ++i)
@@ -64,6 +70,7 @@ bool pack_rows(Format fmt, const int8_t* w, int64_t n, int64_t k, uint8_t* out) 
 }
 
 void unpack_rows(Format fmt, const uint8_t* packed, int64_t n, int64_t k, int8_t* out) {
+    if (fmt == Format::TL2) return unpack_rows_tl2(packed, n, k, out);
     if (fmt == Format::TL1) return unpack_tl1(packed, n, k, out);
     const size_t rb = row_bytes(fmt, k);
     for (int64_t r = 0; r < n; ++r) {

@@ -23,6 +23,35 @@
 //      Digit i of all 64 bytes of a block gives the 64 contiguous weights 64*i .. 64*i+63,
 //      so one decoded digit plane feeds one AVX-512 register of activations.
 //
+//   TL2 (5/3 = 1.667 bits/weight; docs/formats.md), read by table lookup: 3 consecutive weights
+//   of a row form a group (w0 = weight 3g, w1 = 3g + 1, w2 = 3g + 2), stored as one 5-bit
+//   sign/magnitude code
+//      v = 9 w0 + 3 w1 + w2  (balanced ternary, -13..13),   c = |v| + (v < 0 ? 16 : 0),
+//   so code 0 is three zero weights (zero bytes are zero weights), c and c ^ 16 are negatives
+//   of each other, and bits 0..3 alone (|v|) index a 14-entry table that a sign flip finishes
+//   (AVX2 byte shuffles) while all 5 bits index a 32-entry table (AVX-512 vpermw, NEON tbl).
+//   16 groups = one block = 48 weights;
+//   a row's block is 16 codes = 80 bits = 5 little-endian uint16 words, code i at bits
+//   5i .. 5i+4 of the 80-bit value w4:w3:w2:w1:w0 (codes 3, 6, 9 and 12 straddle two words).
+//   Rows are interleaved in tiles of 32 (so one 64-byte load gives word j of 32 rows, one
+//   16-bit lane per row: the index vector of one vpermw):
+//
+//      tile t = rows 32t .. 32t + nr - 1,  nr = min(32, N - 32t)   (only the last tile is short)
+//      tile t starts at byte 32 t * row_bytes;  inside it, for block b = 0..B-1, word j = 0..4:
+//        [ b=0 j=0: row 0 | row 1 | ... | row nr-1 ]  (2 nr bytes)
+//        [ b=0 j=1: row 0 | row 1 | ... | row nr-1 ]
+//          ...
+//        [ b=0 j=4: ... ] [ b=1 j=0: ... ] ... [ b=B-1 j=4: ... ]
+//      one row of one block:  w0 = c0 | c1<<5 | c2<<10 | (c3&1)<<15,  w1 = c3>>1 | c4<<4 | ...
+//        bit:  0    5    10   15   20   25   30   35   40   45   50   55   60   65   70   75 80
+//              | c0 | c1 | c2 | c3 | c4 | c5 | c6 | c7 | c8 | c9 |c10 |c11 |c12 |c13 |c14 |c15 |
+//              |<---- w0 ---->|<---- w1 ---->|<---- w2 ---->|<---- w3 ---->|<---- w4 ---->|
+//   row_bytes(TL2, K) = 10 * ceil(K / 48); the packed array is [N, row_bytes] bytes in total,
+//   but a row's bytes are spread over its tile, so the TL2 kernels and unpacking need N (the
+//   ternary_tl2 slot takes it). Weights past K are 0 (code 0). Codes with |v| = 14 or 15 (14, 15,
+//   30, 31), which the packer never writes, decode as three zero weights on every ISA; 16 is -0.
+//   Kernels: per token and group, a table T[c] = sum_i w_i(c) a_i (adds and subtracts
+//   of activations, |T| <= 384); the result is sum over groups of T[code], exact in int32.
 //   TL1 (2 bits/weight, table lookup): weights in pairs (w[2j], w[2j+1]), one 4-bit code per
 //      pair: bit 3 set = (0, 0); else bits 0..2 = p, (w0, w1) = kW0/kW1[p] of tl1.h, the 3x3
 //      grid (w0 + 1) * 3 + (w1 + 1) without its centre. K is padded to whole groups of 4 pairs
@@ -88,7 +117,17 @@ static_assert(sizeof(BlockT1) == kT1BlockBytes, "T1 block is one cache line");
 static_assert(kT1BlockBytes * kT1DigitsPerByte == kT1BlockWeights, "5 weights per byte");
 static_assert(243 <= 256, "3^5 codes fit in a byte");
 
-enum class Format { T2 = 0, T1 = 1, TL1 = 3 };
+constexpr int kTL2GroupWeights = 3;
+constexpr int kTL2BlockGroups = 16;                                     // codes per row per block
+constexpr int kTL2BlockWeights = kTL2GroupWeights * kTL2BlockGroups;  // 48
+constexpr int kTL2BlockWords = 5;                                       // uint16 per row per block
+constexpr int kTL2BlockBytes = 2 * kTL2BlockWords;                      // per row: 10
+constexpr int kTL2TileRows = 32;
+constexpr int kTL2MaxMagnitude = 13;  // |9 w0 + 3 w1 + w2|
+static_assert(kTL2BlockGroups * 5 == kTL2BlockWords * 16, "16 five-bit codes fill 5 words");
+static_assert(kTL2BlockBytes * 8 * 3 == kTL2BlockWeights * 5, "TL2 is 5/3 bits per weight");
+
+enum class Format { T2 = 0, T1 = 1, TL2 = 2, TL1 = 3 };
 
 constexpr int kQ4Group = 128;
 constexpr int kQ4GroupBytes = 64;
@@ -112,6 +151,9 @@ constexpr int kAttnChunkKeys = 256;
 void attention_chunk_generic(const float* q, int64_t g, int64_t D, const float* k, const float* v,
                              int64_t n, float scale, float* o, float* mx, float* l);
 
+// TL2 reference kernel (tl2_ref.cpp): acc[m, n] for n in [n0, n1) of an N-row TL2 matrix.
+void ternary_tl2_ref(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
+                     const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
 // TL1 scalar reference (tl1_ref.cpp): the entry of every table that brings no faster one.
 void ternary_tl1_ref(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1, const int8_t* q,
                      int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
@@ -164,6 +206,10 @@ struct KernelTable {
                             int64_t n, float scale, float* o, float* mx,
                             float* l) = attention_chunk_generic;
 
+    // TL2 (layout above): as ternary_t2, plus N, the matrix's row count (the last tile's width).
+    void (*ternary_tl2)(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
+                        const int8_t* q, int64_t ldq, int64_t M, int32_t* acc,
+                        int64_t ldc) = ternary_tl2_ref;
     // TL1 rows, as ternary_t2 but ldc must be the matrix's N (the tile layout depends on it).
     void (*ternary_tl1)(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1,
                         const int8_t* q, int64_t ldq, int64_t M, int32_t* acc,

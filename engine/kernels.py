@@ -29,7 +29,7 @@ from engine._kernels import (  # noqa: F401  (the public kernel API)
     unpack,
 )
 
-FORMATS = ("t2", "t1", "tl1")
+FORMATS = ("t2", "t1", "tl1", "tl2")
 
 _requested = os.environ.get("TERNARY_ISA")
 if _requested and _requested not in _kernels.available_isas():

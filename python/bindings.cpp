@@ -62,7 +62,8 @@ Format parse_format(const std::string& fmt) {
     if (fmt == "t2") return Format::T2;
     if (fmt == "t1") return Format::T1;
     if (fmt == "tl1") return Format::TL1;
-    throw py::value_error("unknown ternary format '" + fmt + "' (expected 't2', 't1' or 'tl1')");
+    if (fmt == "tl2") return Format::TL2;
+    throw py::value_error("unknown ternary format '" + fmt + "' (expected 't2', 't1', 'tl1' or 'tl2')");
 }
 
 template <typename T>

@@ -736,11 +736,11 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
 
 
 def _check_model_logits(mr: ModelRun, workers: dict) -> None:
-    """T1 logits must equal T2 logits exactly; f16's relative difference is recorded."""
+    """T1 and TL2 logits must equal T2 logits exactly; f16's relative difference is recorded."""
     logits = {label: w.call("logits") for label, w in workers.items()}
     ours = [v for v in mr.variants if v.engine == "ours"]
     for v in ours:
-        if v.info["weight_format"] != "t1":
+        if v.info["weight_format"] not in ("t1", "tl2"):
             continue
         ref = next((u.label for u in ours if u.info["weight_format"] == "t2"
                     and u.info["lm_head_format"] == v.info["lm_head_format"]), None)

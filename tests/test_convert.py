@@ -118,6 +118,7 @@ D_PLAIN = C.Dims(hidden=192, inter=256, heads=6, kv_heads=2, head_dim=64, vocab=
 KINDS = {
     "bitnet-offline": (lambda t: C.bitnet_offline(t, D_OFFLINE), ()),
     "bitnet-offline-t1": (lambda t: C.bitnet_offline(t, D_OFFLINE), ("--weights", "t1")),
+    "bitnet-offline-tl2": (lambda t: C.bitnet_offline(t, D_OFFLINE), ("--format", "tl2")),
     "bitnet-offline-int8-head": (lambda t: C.bitnet_offline(t, D_OFFLINE), ("--lm-head", "int8")),
     # issue 16 item 5: the properties of a real "offline" BitNet file, one case each
     "offline-scale-0d-bf16": (lambda t: C.bitnet_offline(t, D_OFFLINE, scale_0d=True), ()),

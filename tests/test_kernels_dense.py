@@ -279,6 +279,6 @@ def test_bench_kernels_smoke(tmp_path):
     records = json.loads(out.read_text())["records"]
     # Ternary formats add the weights hot in cache ("l2" or "l3", by this CPU's L2) and an M=8 step.
     kinds = {("hot" if r["kernel"] in ("l2", "l3") else r["kernel"], r["format"]) for r in records}
-    assert kinds == {(k, f) for k in ("gemv", "gemm") for f in ("t2", "t1", "tl1", "f16")} | {
-        (k, f) for k in ("hot", "m8") for f in ("t2", "t1", "tl1")}
+    assert kinds == {(k, f) for k in ("gemv", "gemm") for f in ("t2", "t1", "tl1", "tl2", "f16")} | {
+        (k, f) for k in ("hot", "m8") for f in ("t2", "t1", "tl1", "tl2")}
     assert all(r["seconds"] > 0 and r["dram_gbps"] > 0 for r in records)

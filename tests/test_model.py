@@ -25,6 +25,8 @@ CASES = {
     "llama-div-hd32-qd-ne-hidden": dict(arch="llama", heads=4, kv_heads=2, head_dim=32),
     "llama-div-projnorm-untied": dict(arch="llama", proj_norm_eps=1e-6, tie=False),
     "f16-llama-hd64-gqa2": dict(arch="llama", weight_format="f16", heads=2, kv_heads=1, head_dim=64),
+    "bitnet-tl2-untied-gqa2": dict(weight_format="tl2", tie=False, heads=4, kv_heads=2, head_dim=16,
+                                   hidden=64),
     "bitnet-t2-untied-q4head-hidden160": dict(tie=False, lm_head_format="q4", hidden=160, heads=10,
                                               kv_heads=5, head_dim=16),
 }
@@ -52,6 +54,19 @@ def test_decode_equals_full_forward(tiny, case):
     m.forward(PROMPT[:7])
     assert rel(m.forward(PROMPT[7:], 7), full[7:]) <= 1e-3
     assert rel(m.forward(PROMPT, 0, last_only=True), full[-1:]) <= 1e-3
+
+
+def test_tl2_and_t1_logits_equal_t2(tmp_path):
+    """The same ternary weights packed as t2, t1 or tl2: identical int32 sums, so identical
+    logits, for prefill (GEMM, few-token) and decode steps (GEMV)."""
+    kw = dict(tie=False, heads=4, kv_heads=2, head_dim=16, hidden=64)
+    models = {f: Model(str(write_tiny(tmp_path / f"{f}.tpk", seed=5, weight_format=f, **kw)), ctx=64)
+              for f in ("t2", "t1", "tl2")}
+    want = models["t2"].forward(PROMPT)
+    for f in ("t1", "tl2"):
+        assert np.array_equal(models[f].forward(PROMPT), want), f
+        assert np.array_equal(models[f].forward(PROMPT[:3]), want[:3]), f
+        assert np.array_equal(models[f].step(PROMPT[3], 3), want[3]), f
 
 
 def test_chunked_prefill(tiny, monkeypatch):

@@ -1,6 +1,6 @@
 """ternary-convert: Hugging Face checkpoints and GGUF files -> .tpk (docs/CONTRACTS.md).
 
-    ternary-convert SRC -o model.tpk [--weights t2|t1] [--dtype f16] [--lm-head f16|int8|q4]
+    ternary-convert SRC -o model.tpk [--weights|--format t2|t1|tl2] [--dtype f16] [--lm-head f16|int8|q4]
                                      [--scale absmean|absmedian]
 
 SRC kinds (../shared/FORMATS.md), told apart by config.json and the tensor names:
@@ -552,9 +552,10 @@ def build_parser():
                     "llama/bitnet GGUF file to a .tpk model file.")
     p.add_argument("src", help="checkpoint directory or .gguf file")
     p.add_argument("-o", "--output", required=True, help="the .tpk file to write")
-    p.add_argument("--weights", choices=tpk.TERNARY_FORMATS,
-                   help="packed ternary format: t2 (2 bits/weight, default for ternary models) or "
-                        "t1 (1.6 bits/weight, 20%% smaller); on a plain float model: ternarize it")
+    p.add_argument("--weights", "--format", dest="weights", choices=tpk.TERNARY_FORMATS,
+                   help="packed ternary format: t2 (2 bits/weight, default for ternary models), "
+                        "t1 (1.6 bits/weight, 20%% smaller) or tl2 (1.67 bits/weight, read by "
+                        "table lookup: the fastest kernels); on a plain float model: ternarize it")
     p.add_argument("--dtype", choices=("f16",),
                    help="write an fp16 model instead (the baseline; ternary weights are dequantized)")
     p.add_argument("--lm-head", choices=LM_HEADS, default="f16",

@@ -50,7 +50,8 @@ class TpkError(Exception):
 
 
 def row_bytes(fmt, k):
-    """Bytes of one packed row of k ternary weights (t2: 256 weights, t1: 320 per 64 bytes).
+    """Bytes of one packed row of k ternary weights (t2: 256 weights, t1: 320 per 64 bytes,
+    tl2: 48 per 10 bytes; tl2 rows are interleaved in tiles of 32, docs/formats.md).
     The C++ packer (csrc/ternary.h) owns the layout, so it alone gives the number."""
     return kernels.row_bytes(fmt, int(k))
 

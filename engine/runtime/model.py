@@ -47,7 +47,7 @@ class ModelArgs:
     rope_theta: float
     hidden_act: str        # "relu2" | "silu"
     sub_norms: bool
-    weight_format: str     # "t2" | "t1" | "f16"
+    weight_format: str     # "t2" | "t1" | "tl2" | "f16"
     scale_mode: str        # "mul" | "div"
     proj_norm_eps: float | None
     rope_scaling: dict | None = None   # engine/runtime/rope.py; None: plain RoPE

@@ -238,6 +238,48 @@ void q4_rows() {
     expect(got == want && want == -8 * 127 * 127 * int32_t(k), "q4_rows extreme", 0, long(k), 1);
 }
 
+// TL2: the NEON table's ternary_tl2 against the reference over odd N (short last tiles), K
+// (partial blocks), M (token tiles of 1..4), sub-ranges of rows, arbitrary bytes (magnitudes 14
+// and 15 read as zero weights) and extreme activations.
+void tl2_sweeps() {
+    const KernelTable &neon = neon_kernels(), &ref = ref_kernels();
+    auto run = [&](const std::vector<uint8_t>& packed, int64_t n, int64_t k, const std::vector<int8_t>& qv,
+                   int64_t m, int64_t n0, int64_t n1, const char* what) {
+        auto* q = new int8_t[size_t(m * k)];
+        std::memcpy(q, qv.data(), size_t(m * k));
+        std::vector<int32_t> got(size_t(m * n), -7), want(size_t(m * n), -7);
+        neon.ternary_tl2(packed.data(), k, n, n0, n1, q, k, m, got.data(), n);
+        ref.ternary_tl2(packed.data(), k, n, n0, n1, q, k, m, want.data(), n);
+        delete[] q;
+        expect(got == want, what, long(n), long(k), long(m));
+    };
+    for (int64_t n : {1, 3, 31, 33, 67})
+        for (int64_t k : {1, 2, 3, 5, 47, 49, 127, 641, 2560})
+            for (int64_t m : {1, 2, 3, 4, 5, 9}) {
+                const auto w = ternary_weights(n, k);
+                std::vector<uint8_t> packed(size_t(n) * row_bytes(Format::TL2, k));
+                pack_rows(Format::TL2, w.data(), n, k, packed.data());
+                const auto q = activations(m, k);
+                run(packed, n, k, q, m, 0, n, "tl2 sweep");
+                if (n > 32) run(packed, n, k, q, m, 16, n - 1, "tl2 row range");
+            }
+    for (int64_t n : {5, 32, 67}) {
+        const int64_t k = 150;
+        std::vector<uint8_t> packed(size_t(n) * row_bytes(Format::TL2, k));
+        for (auto& b : packed) b = uint8_t(rng());
+        run(packed, n, k, activations(3, k), 3, 0, n, "tl2 arbitrary bytes");
+    }
+    for (int v : {-128, 127}) {
+        const int64_t n = 35, k = 6912;
+        std::vector<int8_t> w(size_t(n * k));
+        for (int64_t r = 0; r < n; ++r)
+            for (int64_t i = 0; i < k; ++i) w[size_t(r * k + i)] = int8_t(r % 3 == 0 ? 1 : r % 3 == 1 ? -1 : (i % 2 ? 0 : -1));
+        std::vector<uint8_t> packed(size_t(n) * row_bytes(Format::TL2, k));
+        pack_rows(Format::TL2, w.data(), n, k, packed.data());
+        run(packed, n, k, std::vector<int8_t>(size_t(2 * k), int8_t(v)), 2, 0, n, "tl2 extremes");
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -245,6 +287,7 @@ int main() {
     quantize();
     matmul_sweeps(Format::T2);
     matmul_sweeps(Format::T1);
+    tl2_sweeps();
     matmul_sweeps(Format::TL1);
     tl1_sweeps();
     arbitrary_bytes();
