@@ -524,6 +524,7 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
 
     fmt = "f16" if dtype == "f16" else weights or default_weights
     tok_config, tok_bytes = tokenizer
+    _check_tokenizer(src, tok_config, tok_bytes)
     config.update({"weight_format": fmt, "lm_head_format": lm_head, "tokenizer": tok_config})
     modes = {lin.scale_mode for lin in linears.values() if lin.load_ternary is not None}
     if len(modes) > 1:
@@ -583,6 +584,18 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
         writer.abort()
         raise
     return config
+
+
+def _check_tokenizer(src, tok_config, tok_bytes):
+    """Load the tokenizer the .tpk will hold, as the engine will: a file Python's json module
+    reads can still be one the tokenizers library refuses (or one that fails on every text),
+    and that must be a conversion error, not a .tpk the engine then rejects."""
+    from engine.tokenizer import Tokenizer, TokenizerError
+
+    try:
+        Tokenizer.from_bytes(tok_config["type"], tok_bytes, tok_config)
+    except TokenizerError as e:
+        raise ConvertError(f"{src}: tokenizer: {e}") from None
 
 
 def _linear(prefix, lin, fmt, scale_method, kernels):
