@@ -323,9 +323,22 @@ def hf_tokenizer(src, cfg, vocab_size):
             "chat_template": template if isinstance(template, str) else None}, data
 
 
+# What a JSON field of the wrong type raises where the code expects a number, string, list or
+# object (int("x"), None["k"], [].get, ...): in a user's file that is a malformed file.
+MALFORMED = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)
+
+
 def hf_source(src):
     """-> (config without formats, {prefix: Linear}, {tpk name: SrcTensor} of norms, embed and
     lm_head, (tokenizer config, bytes), default weight format)."""
+    try:
+        return _hf_source(src)
+    except MALFORMED as e:
+        raise ConvertError(f"{src}: malformed config.json or tokenizer files "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _hf_source(src):
     ck = HFCheckpoint(src)
     cfg = ck.cfg
     model_type = cfg.get("model_type")

@@ -20,7 +20,7 @@ import struct
 import numpy as np
 
 from engine import tpk
-from engine.convert import EOT_TOKENS, ConvertError, Linear, SrcTensor
+from engine.convert import EOT_TOKENS, MALFORMED, ConvertError, Linear, SrcTensor
 
 GGUF_PROJ = {"attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v", "attn.o": "attn_output",
              "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down"}
@@ -47,6 +47,14 @@ def _open(path):
 
 def gguf_source(path):
     """Same result as convert.hf_source, for a .gguf file."""
+    try:
+        return _gguf_source(path)
+    except MALFORMED as e:  # e.g. a metadata string that is not UTF-8, a count of the wrong type
+        raise ConvertError(f"{path}: malformed GGUF metadata "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _gguf_source(path):
     import gguf
     from gguf import GGMLQuantizationType as QT
 
