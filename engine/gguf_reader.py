@@ -381,11 +381,18 @@ def bpe_tokenizer_json(tokens, merges, types, pre, path):
     for i, tok in enumerate(tokens):
         vocab.setdefault(tok, i)
     pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
-    tk.pre_tokenizer = pre_tok
-    tk.decoder = decoders.ByteLevel()
-    special = [AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == CONTROL]
-    user = [AddedToken(tokens[i], special=False, normalized=False) for i, t in enumerate(types) if t == USER_DEFINED]
-    tk.add_special_tokens(special)
-    tk.add_tokens(user)
-    return json.dumps(json.loads(tk.to_str()), ensure_ascii=False).encode("utf-8")
+    try:  # tokenizers raises a bare Exception (or panics) on e.g. a merge of unknown tokens
+        tk = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
+        tk.pre_tokenizer = pre_tok
+        tk.decoder = decoders.ByteLevel()
+        special = [AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == CONTROL]
+        user = [AddedToken(tokens[i], special=False, normalized=False) for i, t in enumerate(types) if t == USER_DEFINED]
+        tk.add_special_tokens(special)
+        tk.add_tokens(user)
+        text = tk.to_str()
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise ConvertError(f"{path}: the GGUF vocabulary and merges do not make a BPE tokenizer: "
+                           f"{' '.join(str(e).split())[:200]}") from None
+    return json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
