@@ -14,6 +14,7 @@ from fuzz import targets
 pytest.importorskip("atheris")
 
 SECONDS = int(os.environ.get("FUZZ_SHORT_SECONDS", "20"))
+SEED = int(os.environ.get("FUZZ_SEED", "1"))  # one mutation sequence: a CI failure replays
 
 
 @pytest.mark.parametrize("target", sorted(targets.TARGETS))
@@ -22,7 +23,8 @@ def test_fuzz_short(target, tmp_path):
     work.mkdir()
     seeds = os.path.join(targets.HERE, "corpus", target)
     cmd = [sys.executable, targets.script(target), str(work), seeds,
-           f"-max_total_time={SECONDS}", f"-artifact_prefix={tmp_path}{os.sep}", "-print_final_stats=1"]
+           f"-max_total_time={SECONDS}", f"-seed={SEED}", f"-artifact_prefix={tmp_path}{os.sep}",
+           "-print_final_stats=1"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=SECONDS * 5 + 120)
     out = proc.stdout + proc.stderr
     crashes = [p for p in os.listdir(tmp_path) if p.startswith(("crash-", "timeout-", "oom-", "leak-"))]
