@@ -33,7 +33,8 @@ try:
 except ImportError:  # run from a source checkout built in place
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import engine
-from engine import synthetic, tpk  # noqa: E402
+from ternary_bench import synthetic  # noqa: E402
+from engine.formats import tpk  # noqa: E402
 
 
 def free_port() -> int:
@@ -45,7 +46,7 @@ def free_port() -> int:
 def start_server(model, port, args, max_batch):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(engine.__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "engine.server", model, "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "engine.serve", model, "--host", "127.0.0.1", "--port", str(port),
            "--max-batch", str(max_batch), "--queue", str(max_batch), "--ctx", str(args.ctx),
            "--log-level", "warning"]
     if args.threads:
@@ -86,7 +87,24 @@ def run_one(client, model_id, prompt, n_tokens, start=None):
     return ids, ttft, time.perf_counter() - t0
 
 
-def main(argv=None) -> int:
+def time_clients(client, model_id, prompts, refs, c: int, tokens: int) -> dict:
+    """c clients at once, started together: one result row (identical: every client got the
+    tokens its prompt gets alone)."""
+    start = threading.Barrier(c + 1)
+    with concurrent.futures.ThreadPoolExecutor(c) as pool:
+        futures = [pool.submit(run_one, client, model_id, prompts[i], tokens, start) for i in range(c)]
+        start.wait()
+        t0 = time.perf_counter()
+        results = [f.result() for f in futures]
+        wall = time.perf_counter() - t0
+    same = all(ids == refs[i] for i, (ids, _, _) in enumerate(results))
+    total = sum(len(ids) for ids, _, _ in results)
+    return {"clients": c, "aggregate_tps": total / wall,
+            "per_client_tps": statistics.mean(len(i) / s for i, _, s in results),
+            "ttft_s": statistics.median(t for _, t, _ in results), "identical": same, "wall_s": wall}
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="a .tpk (default: the synthetic --shape/--fmt model)")
     p.add_argument("--shape", default="bitnet-2b", choices=list(synthetic.SHAPES))
@@ -97,7 +115,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="kernel threads (default: physical cores)")
     p.add_argument("--ctx", type=int, default=256, help="server context per slot (default 256)")
     p.add_argument("--json", help="write the results here as JSON")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     counts = sorted({int(c) for c in args.clients.split(",")})
     if counts[0] < 1 or args.tokens < 1 or args.prompt_tokens < 1:
         raise SystemExit("error: clients, --tokens and --prompt-tokens must be >= 1")
@@ -133,19 +155,9 @@ def main(argv=None) -> int:
         for c in counts:
             if c == 1:
                 continue
-            start = threading.Barrier(c + 1)
-            with concurrent.futures.ThreadPoolExecutor(c) as pool:
-                futures = [pool.submit(run_one, client, model_id, prompts[i], args.tokens, start) for i in range(c)]
-                start.wait()
-                t0 = time.perf_counter()
-                results = [f.result() for f in futures]
-                wall = time.perf_counter() - t0
-            same = all(ids == refs[i] for i, (ids, _, _) in enumerate(results))
-            ok &= same
-            total = sum(len(ids) for ids, _, _ in results)
-            rows.append({"clients": c, "aggregate_tps": total / wall,
-                         "per_client_tps": statistics.mean(len(i) / s for i, _, s in results),
-                         "ttft_s": statistics.median(t for _, t, _ in results), "identical": same, "wall_s": wall})
+            row = time_clients(client, model_id, prompts, refs, c, args.tokens)
+            ok &= row["identical"]
+            rows.append(row)
     finally:
         proc.terminate()
         try:

@@ -23,6 +23,20 @@ class _UserError(Exception):
     pass
 
 
+# The sampling flags: (flag, type, default, metavar, help); the defaults are Engine.generate's.
+SAMPLING_FLAGS = (
+    ("--temp", float, 0.8, "T", "sampling temperature: higher is more random, 0 is greedy (always the most "
+                                "likely token) (default 0.8)"),
+    ("--top-k", int, 40, "K", "sample only among the K most likely tokens; 0 disables (default 40)"),
+    ("--top-p", float, 0.95, "P", "nucleus sampling: sample among the most likely tokens whose probabilities "
+                                  "sum to P; 1 disables (default 0.95)"),
+    ("--min-p", float, 0.05, "P", "drop tokens less likely than P times the most likely one; 0 disables "
+                                  "(default 0.05)"),
+    ("--repeat-penalty", float, 1.0, "R", "divide the (positive) logits of the last 64 tokens by R to discourage "
+                                          "repetition; 1 disables (default 1.0)"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ternary-run",
@@ -36,20 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--n-predict", type=int, default=128, metavar="N",
                    help="maximum number of new tokens (default 128); generation also ends at "
                         "end-of-sequence / end-of-turn tokens and --stop strings")
-    p.add_argument("--temp", type=float, default=0.8, metavar="T",
-                   help="sampling temperature: higher is more random, 0 is greedy (always the most "
-                        "likely token) (default 0.8)")
-    p.add_argument("--top-k", type=int, default=40, metavar="K",
-                   help="sample only among the K most likely tokens; 0 disables (default 40)")
-    p.add_argument("--top-p", type=float, default=0.95, metavar="P",
-                   help="nucleus sampling: sample among the most likely tokens whose probabilities "
-                        "sum to P; 1 disables (default 0.95)")
-    p.add_argument("--min-p", type=float, default=0.05, metavar="P",
-                   help="drop tokens less likely than P times the most likely one; 0 disables "
-                        "(default 0.05)")
-    p.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R",
-                   help="divide the (positive) logits of the last 64 tokens by R to discourage "
-                        "repetition; 1 disables (default 1.0)")
+    for flag, kind, default, metavar, text in SAMPLING_FLAGS:
+        p.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     p.add_argument("--seed", type=int, default=-1, metavar="S",
                    help="random seed; the same seed, prompt and settings give the same text "
                         "(default -1: a different seed every run)")
@@ -85,7 +87,7 @@ def _print_stream(pieces) -> str:
 
 
 def _chat_loop(eng, first, gen_kw) -> None:
-    from engine.kvcache import ContextError
+    from engine.runtime.kvcache import ContextError
 
     messages = []
     while True:
@@ -159,10 +161,10 @@ def run(argv=None) -> int:
 
 def run_main(argv=None) -> int:
     """Entry point of ternary-run: exit status 0, 2 on a user error, 130 on Ctrl-C."""
-    from engine.kvcache import ContextError
+    from engine.runtime.kvcache import ContextError
 
     try:
-        from engine.tpk import TpkError
+        from engine.formats.tpk import TpkError
     except ImportError:  # pragma: no cover - tpk.py always ships with the engine
         TpkError = _UserError
     try:

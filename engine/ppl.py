@@ -2,7 +2,7 @@
 
 The file's tokens are cut into non-overlapping windows of --ctx tokens; each window w is fed
 as [bos] + w[:-1] and every token of w is scored; ppl = exp(mean negative log-likelihood).
-This is the trainer's definition (engine/train/qat.py evaluate), so the two agree on a model.
+This is the trainer's definition (ternary_train/qat.py evaluate), so the two agree on a model.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         ap.error("expected [MODEL.tpk] FILE")
     model, text_file = (args.args if len(args.args) == 2 else (None, args.args[0]))
     from engine import Engine
-    from engine.tpk import TpkError
+    from engine.formats.tpk import TpkError
     try:
         if args.ctx < 2:
             raise ValueError("--ctx must be >= 2")

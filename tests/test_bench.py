@@ -1,4 +1,4 @@
-"""ternary-bench and the synthetic models it runs (engine/bench.py, engine/synthetic.py).
+"""ternary-bench and the synthetic models it runs (ternary_bench/bench.py, ternary_bench/synthetic.py).
 
 The tiny synthetic shape goes through the whole benchmark (workers, validation against the
 reference ISA, timing, table, JSON, plot) with short prefill/decode lengths; the llama.cpp
@@ -10,7 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from engine import bench, kernels, q4, synthetic, tpk
+from engine import kernels, quant as q4
+from engine.formats import tpk
+from ternary_bench import bench, synthetic
 
 
 @pytest.fixture

@@ -70,7 +70,7 @@ def test_user_errors_exit_2_with_one_line(capsys, tmp_path, model, argv):
 
 
 def test_default_model_missing(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(engine, "DEFAULT_MODEL", tmp_path / "default.tpk")
+    monkeypatch.setattr(engine.runtime.generate, "DEFAULT_MODEL", tmp_path / "default.tpk")
     code, out, err = run(capsys, "hello")
     assert code == 2 and one_error_line(err) and "default model" in err
 

@@ -10,7 +10,8 @@ typed pointers); one given zero rows or tokens returns an empty result without t
 import numpy as np
 import pytest
 
-from engine import kernels, q4
+from engine import kernels
+from engine import quant as q4
 
 FORMATS = kernels.FORMATS
 OFFSETS = (1, 2, 3)  # bytes past an allocation's start: misaligned for every element size > 1

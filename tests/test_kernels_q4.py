@@ -4,7 +4,7 @@ bad input."""
 import numpy as np
 import pytest
 
-from engine import kernels, q4
+from engine import kernels, quant as q4
 
 SIZES = [(1, 1), (3, 5), (17, 127), (31, 128), (33, 129), (96, 255), (200, 1003), (37, 2560)]
 

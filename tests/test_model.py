@@ -10,10 +10,11 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # transformers' BitLinear use
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny_models import dequantized, write_tiny  # noqa: E402
 
-from engine import ContextError, Engine, tpk  # noqa: E402
-from engine.tpk import head_matrix  # noqa: E402
-from engine import model as model_module  # noqa: E402
-from engine.model import Model, rope_tables  # noqa: E402
+from engine import ContextError, Engine  # noqa: E402
+from engine.formats import tpk  # noqa: E402
+from engine.formats.tpk import head_matrix  # noqa: E402
+from engine.runtime import model as model_module  # noqa: E402
+from engine.runtime.model import Model, rope_tables  # noqa: E402
 
 # Odd sizes: vocab not a multiple of 64, head_dim 16/32/64, GQA ratios 1/2/3, tied/untied heads.
 CASES = {
@@ -320,6 +321,6 @@ def test_chat_templates(tiny, tmp_path):
 def test_default_model_missing_is_clear(monkeypatch, tmp_path):
     import engine
 
-    monkeypatch.setattr(engine, "DEFAULT_MODEL", tmp_path / "default.tpk")
+    monkeypatch.setattr(engine.runtime.generate, "DEFAULT_MODEL", tmp_path / "default.tpk")
     with pytest.raises(FileNotFoundError, match="default model"):
         Engine()

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from engine.sampling import (Sampler, SamplingParams, apply_repetition_penalty, candidates,
+from engine.runtime.sampling import (Sampler, SamplingParams, apply_repetition_penalty, candidates,
                              nucleus_size, sample)
 
 

@@ -20,8 +20,8 @@ from tiny_models import write_tiny  # noqa: E402
 
 import engine  # noqa: E402
 from engine import Engine  # noqa: E402
-from engine import batch as B  # noqa: E402
-from engine.sampling import Sampler, SamplingParams  # noqa: E402
+from engine.runtime import batch as B  # noqa: E402
+from engine.runtime.sampling import Sampler, SamplingParams  # noqa: E402
 
 MODEL_ID = "tiny"
 CTX = 2048
@@ -53,7 +53,7 @@ def server(model_path, tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(engine.__file__)), os.environ.get("PYTHONPATH", "")]))
     log = open(tmp_path_factory.mktemp("serve-log") / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "engine.server", model_path, "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "engine.serve", model_path, "--host", "127.0.0.1",
                              "--port", str(port), "--threads", "1", "--max-batch", str(MAX_BATCH),
                              "--queue", str(QUEUE), "--ctx", str(CTX), "--log-level", "warning"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -355,6 +355,6 @@ def test_non_streaming_client_that_leaves_frees_its_slot(server):
 @pytest.mark.parametrize("argv", [["/nonexistent/model.tpk"], ["--max-batch", "0"]])
 def test_cli_user_errors_are_one_line(argv):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(engine.__file__)))
-    r = subprocess.run([sys.executable, "-m", "engine.server", *argv], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "engine.serve", *argv], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1

@@ -6,7 +6,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny_models import hf_tokenizer_json, sp_model, tokenizer_section  # noqa: E402
 
-from engine.tokenizer import Tokenizer  # noqa: E402
+from engine.runtime.tokenizer import Tokenizer  # noqa: E402
 
 TEXTS = [
     "Once upon a time there was a cat.",

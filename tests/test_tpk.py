@@ -1,4 +1,4 @@
-""".tpk read/write (engine/tpk.py): round trip, zero-copy mmap, and one TpkError per malformation."""
+""".tpk read/write (engine/formats/tpk.py): round trip, zero-copy mmap, and one TpkError per malformation."""
 import json
 import mmap
 import os
@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from engine import tpk
-from engine.tpk import TpkError
+from engine.formats import tpk
+from engine.formats.tpk import TpkError
 
 TOKENIZER = b'{"version": "1.0", "model": {"type": "BPE"}}'
 

@@ -3,7 +3,7 @@ import gzip
 import struct
 import zlib
 
-from engine.train import corpus
+from ternary_train import corpus
 
 # --- a minimal R XDR serializer (version 3), enough for the lazy-load index + STRSXP
 

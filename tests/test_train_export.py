@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
-from engine.train import qat  # noqa: E402
+from ternary_train import qat  # noqa: E402
 
 
 def _tiny(quant, num_kv_heads=1):
@@ -73,7 +73,7 @@ def test_ste_gradients_flow():
 
 def test_hf_tokenizer_matches_sentencepiece(tmp_path):
     pytest.importorskip("google.protobuf")   # transformers reads tokenizer.model through it
-    from engine.train import tokenizer
+    from ternary_train import tokenizer
     rng = np.random.default_rng(0)
     words = "the cat sat on a mat and it was good so we ran to town".split()
     (tmp_path / "train.txt").write_text(

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sentencepiece")
 
-from engine.train import qat, tokenizer  # noqa: E402
+from ternary_train import qat, tokenizer  # noqa: E402
 
 WORDS = ("the cat sat on a mat and it was good so we ran to town with her dog "
          "which barked at birds in trees while rain fell").split()

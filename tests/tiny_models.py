@@ -14,7 +14,7 @@ import io
 
 import numpy as np
 
-from engine import q4
+from engine import quant as q4
 
 CORPUS = [
     "Once upon a time there was a little cat who lived in a quiet house.",
@@ -84,7 +84,7 @@ def tiny_config(arch="bitnet", vocab=301, hidden=64, inter=96, layers=2, heads=4
 def random_tensors(config: dict, tokenizer_bytes: bytes, seed: int = 0, embed_dtype=np.float16) -> dict:
     """Tensors for config (docs/CONTRACTS.md names); dequantized() gives a linear's float weight."""
     from engine import kernels
-    from engine.tpk import linear_shapes
+    from engine.formats.tpk import linear_shapes
 
     rng = np.random.default_rng(seed)
     c = config
@@ -122,7 +122,7 @@ def random_tensors(config: dict, tokenizer_bytes: bytes, seed: int = 0, embed_dt
 def write_tiny(path, tokenizer: str = "hf", seed: int = 0, embed_dtype=np.float16,
                chat_template=None, **config_kw):
     """Write a tiny random .tpk; returns path. config_kw: see tiny_config."""
-    from engine import tpk
+    from engine.formats import tpk
 
     data = hf_tokenizer_json() if tokenizer == "hf" else sp_model()
     config_kw.setdefault("vocab", 301 if tokenizer == "hf" else 333)  # >= the tokenizer's vocab
@@ -135,7 +135,7 @@ def dequantized(tpk_obj, name: str) -> np.ndarray:
     """Float32 [N, K] weight of linear `name` (e.g. 'layers.0.attn.q') as the graph uses it:
     ternary * scale ("mul") or ternary / scale ("div"); f16 weights as float32."""
     from engine import kernels
-    from engine.tpk import linear_shapes
+    from engine.formats.tpk import linear_shapes
 
     c, t = tpk_obj.config, tpk_obj.tensors
     if c["weight_format"] == "f16":

@@ -20,7 +20,10 @@ def check(data: bytes, timed=True):
 
 def warm_up():
     import gguf  # noqa: F401
-    from engine import convert, gguf_reader, model, tokenizer, tpk  # noqa: F401
+    from engine import convert  # noqa: F401
+    from engine.convert import gguf as gguf_reader  # noqa: F401
+    from engine.formats import tpk  # noqa: F401
+    from engine.runtime import model, tokenizer  # noqa: F401
     for name in sorted(os.listdir(os.path.join(harness.CORPUS, "gguf")))[:1]:
         with open(os.path.join(harness.CORPUS, "gguf", name), "rb") as f:
             check(f.read(), timed=False)

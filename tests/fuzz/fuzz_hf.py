@@ -36,7 +36,9 @@ def check(data: bytes, timed=True):
 
 
 def warm_up():
-    from engine import convert, model, tokenizer, tpk  # noqa: F401
+    from engine import convert  # noqa: F401
+    from engine.formats import tpk  # noqa: F401
+    from engine.runtime import model, tokenizer  # noqa: F401
     for name in sorted(os.listdir(os.path.join(harness.CORPUS, "hf")))[:1]:
         with open(os.path.join(harness.CORPUS, "hf", name), "rb") as f:
             check(f.read(), timed=False)

@@ -1,4 +1,4 @@
-"""Fuzz the SentencePiece .model loader (engine.tokenizer, kind "sentencepiece"); see fuzz_tokenizer.py."""
+"""Fuzz the SentencePiece .model loader (engine.runtime.tokenizer, kind "sentencepiece"); see fuzz_tokenizer.py."""
 import os
 import sys
 

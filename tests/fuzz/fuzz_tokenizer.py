@@ -1,5 +1,5 @@
 """Shared body of the two tokenizer harnesses (fuzz_sentencepiece.py, fuzz_tokenizer_json.py):
-bytes -> engine.tokenizer.Tokenizer.from_bytes(kind, ...) -> encode, decode and stream-decode a
+bytes -> engine.runtime.tokenizer.Tokenizer.from_bytes(kind, ...) -> encode, decode and stream-decode a
 short text. Allowed outcome: a working tokenizer or TokenizerError with a one-line message."""
 import os
 import sys
@@ -11,7 +11,7 @@ TEXT = "Hello world, 123 <s> caf\u00e9 <|eot_id|>\n"
 
 
 def use(kind, data):
-    from engine.tokenizer import Tokenizer
+    from engine.runtime.tokenizer import Tokenizer
 
     tok = Tokenizer.from_bytes(kind, data, {})
     ids = tok.encode(TEXT, add_bos=True)
@@ -25,14 +25,14 @@ def use(kind, data):
 
 
 def check(kind, data: bytes, timed=True):
-    from engine.tokenizer import TokenizerError
+    from engine.runtime.tokenizer import TokenizerError
 
     return harness.run_checked(lambda: use(kind, data), (TokenizerError,), timed=timed)
 
 
 def main(kind, corpus):
     def warm_up():
-        from engine import tokenizer  # noqa: F401
+        from engine.runtime import tokenizer  # noqa: F401
         for name in sorted(os.listdir(os.path.join(harness.CORPUS, corpus)))[:1]:
             with open(os.path.join(harness.CORPUS, corpus, name), "rb") as f:
                 check(kind, f.read(), timed=False)

@@ -1,4 +1,4 @@
-"""Fuzz the HF tokenizer.json loader (engine.tokenizer, kind "hf"); see fuzz_tokenizer.py."""
+"""Fuzz the HF tokenizer.json loader (engine.runtime.tokenizer, kind "hf"); see fuzz_tokenizer.py."""
 import os
 import sys
 

@@ -33,7 +33,7 @@ def load(path):
 
 
 def check(data: bytes, timed=True):
-    from engine.tpk import TpkError
+    from engine.formats.tpk import TpkError
 
     path = harness.write(_path(), data)
     return harness.run_checked(lambda: load(path), (TpkError,), timed=timed)
@@ -41,7 +41,8 @@ def check(data: bytes, timed=True):
 
 def warm_up():
     import engine  # noqa: F401
-    from engine import model, tokenizer, tpk  # noqa: F401
+    from engine.formats import tpk  # noqa: F401
+    from engine.runtime import model, tokenizer  # noqa: F401
     for name in sorted(os.listdir(os.path.join(harness.CORPUS, "tpk")))[:1]:
         with open(os.path.join(harness.CORPUS, "tpk", name), "rb") as f:
             check(f.read(), timed=False)

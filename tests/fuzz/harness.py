@@ -156,7 +156,7 @@ def convert_then_load(src, out):
     """
     from engine import Engine
     from engine.convert import ConvertError, convert
-    from engine.tpk import TpkError
+    from engine.formats.tpk import TpkError
 
     if os.path.exists(out):
         os.unlink(out)

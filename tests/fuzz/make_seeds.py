@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import checkpoints as C  # noqa: E402
 import fuzz_hf  # noqa: E402
 import tiny_models as T  # noqa: E402
-from engine import tpk  # noqa: E402
+from engine.formats import tpk  # noqa: E402
 
 CORPUS = os.path.join(HERE, "corpus")
 
@@ -69,7 +69,7 @@ def save(target, name, data):
 
 def tokenizer_seeds():
     save("tokenizer_json", "bpe-whitespace.json", small_hf_tokenizer())
-    save("tokenizer_json", "synthetic-bytelevel.json", _compact_json(__import__("engine.synthetic").synthetic.tiny_tokenizer_json()))
+    save("tokenizer_json", "synthetic-bytelevel.json", _compact_json(__import__("ternary_bench.synthetic").synthetic.tiny_tokenizer_json()))
     save("sentencepiece", "bpe.model", small_sp_model())
     save("sentencepiece", "bpe-byte-fallback.model", small_sp_model(vocab_size=300, byte_fallback=True))
 

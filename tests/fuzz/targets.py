@@ -5,11 +5,11 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = {
-    "tpk": "fuzz_tpk.py",                        # engine/tpk.py + Engine load + one step
-    "gguf": "fuzz_gguf.py",                      # engine/gguf_reader.py via ternary-convert
-    "hf": "fuzz_hf.py",                          # engine/convert.py: config.json + safetensors
-    "sentencepiece": "fuzz_sentencepiece.py",    # engine/tokenizer.py, .model bytes
-    "tokenizer_json": "fuzz_tokenizer_json.py",  # engine/tokenizer.py, tokenizer.json bytes
+    "tpk": "fuzz_tpk.py",                        # engine/formats/tpk.py + Engine load + one step
+    "gguf": "fuzz_gguf.py",                      # engine/convert/gguf.py via ternary-convert
+    "hf": "fuzz_hf.py",                          # engine/convert/__init__.py: config.json + safetensors
+    "sentencepiece": "fuzz_sentencepiece.py",    # engine/runtime/tokenizer.py, .model bytes
+    "tokenizer_json": "fuzz_tokenizer_json.py",  # engine/runtime/tokenizer.py, tokenizer.json bytes
 }
 
 

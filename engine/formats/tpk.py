@@ -16,7 +16,9 @@ import os
 import struct
 
 import numpy as np
-from engine import q4
+from engine import quant as q4
+from engine import kernels
+from engine.kernels import FORMATS as TERNARY_FORMATS  # the one list of packed ternary formats
 
 FORMAT_VERSION = 1
 ARCHITECTURES = ("bitnet", "llama")
@@ -37,23 +39,19 @@ _ALIGN = 64                           # data start and every big tensor start on
 
 ATTN_PROJS = ("q", "k", "v", "o")
 MLP_PROJS = ("gate", "up", "down")
-TERNARY_FORMATS = ("t2", "t1")
+# The one list of weight formats (ternary packings + unpacked f16) and of lm_head formats;
+# converter, model, bench and synthetic generator all check against these.
+WEIGHT_FORMATS = (*TERNARY_FORMATS, "f16")
+LM_HEAD_FORMATS = ("f16", "int8", "q4")
 
 
 class TpkError(Exception):
     """A file that is not a valid .tpk: the message says what is wrong, in one line."""
 
 
-# Weights per 64-byte block of one packed row; the C++ packer (csrc/ternary.h) owns the layout.
-_BLOCK_WEIGHTS = {"t2": 256, "t1": 320}
-
-
 def row_bytes(fmt, k):
-    """Bytes of one packed row of k ternary weights (t2: 256 weights, t1: 320 per 64 bytes)."""
-    try:
-        from engine import kernels
-    except ImportError:  # extension not built: same formula as csrc/pack.cpp
-        return -(-int(k) // _BLOCK_WEIGHTS[fmt]) * 64
+    """Bytes of one packed row of k ternary weights (t2: 256 weights, t1: 320 per 64 bytes).
+    The C++ packer (csrc/ternary.h) owns the layout, so it alone gives the number."""
     return kernels.row_bytes(fmt, int(k))
 
 
@@ -238,7 +236,7 @@ _REQUIRED = {
     "scale_mode": str, "tokenizer": dict,
 }
 _CHOICES = {"rope_style": ("neox",), "hidden_act": ("relu2", "silu"),
-            "weight_format": ("t2", "t1", "f16"), "lm_head_format": ("f16", "int8", "q4"),
+            "weight_format": WEIGHT_FORMATS, "lm_head_format": LM_HEAD_FORMATS,
             "scale_mode": ("mul", "div")}
 
 
@@ -340,7 +338,7 @@ def expected_tensors(config, embed_dtype="F16", tokenizer_bytes=None):
     if config["lm_head_format"] == "int8":
         specs["lm_head.weight"] = ("I8", (vocab, h))
         specs["lm_head.scale"] = ("F32", (vocab,))
-    elif config["lm_head_format"] == "q4":  # layout: engine/q4.py
+    elif config["lm_head_format"] == "q4":  # layout: engine/quant.py
         if h > q4.MAX_K:
             raise TpkError(f"a q4 lm_head needs hidden_size <= {q4.MAX_K}, got {h}")
         specs["lm_head.weight"] = ("U8", (vocab, q4.groups(h) * q4.GROUP // 2))

@@ -1,6 +1,6 @@
 """Training curves (train and validation loss against tokens seen) from runs' log.csv.
 
-    python -m engine.train.plot RUN_DIR [RUN_DIR ...] -o curve.png
+    python -m ternary_train.plot RUN_DIR [RUN_DIR ...] -o curve.png
 """
 from __future__ import annotations
 

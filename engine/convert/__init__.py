@@ -9,7 +9,7 @@ SRC kinds (../shared/FORMATS.md), told apart by config.json and the tensor names
   llama  + quantization_config bitnet/bitlinear               packed ternary, out = acc/(a*s) ("div")
   llama with sub-norms inner_attn_ln / ffn_layernorm          1bitLLM shadow weights, --scale
   llama (plain)                                               fp16 model (or --weights: absmean)
-  a .gguf file of the llama or bitnet architecture            engine/gguf_reader.py
+  a .gguf file of the llama or bitnet architecture            engine/convert/gguf.py
 
 The rules below were checked against the installed transformers 5.23 sources:
   integrations/bitnet.py      pack_weights/unpack_weights (packed layout), BitLinear (divides by
@@ -42,149 +42,21 @@ import sys
 
 import numpy as np
 
-from engine import q4, tpk
-from engine.tpk import TpkError
+from engine import quant
+from engine.formats import tpk
+from engine.convert import gguf
+from engine.formats.tpk import TpkError
+from engine.convert.source import (EOT_TOKENS, MALFORMED, ConvertError, Linear, SrcTensor,  # noqa: F401
+                                   TensorSet, exact_ternary, ternarize, unpack_hf)
 
-CHUNK_ELEMS = 1 << 22   # elements per row chunk of float work: stays in L2/L3, not a full copy
 DEFAULT_THETA = {"bitnet": 500000.0, "llama": 10000.0}
-LM_HEADS = ("f16", "int8", "q4")  # --lm-head choices (engine/q4.py: the q4 layout)
+LM_HEADS = tpk.LM_HEAD_FORMATS  # --lm-head choices (engine/quant.py: the q4 layout)
 HF_PROJ = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
            "attn.o": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
            "mlp.down": "mlp.down_proj"}
 # Sub-norm names: transformers BitNet / 1bitLLM shadow-weight checkpoints.
 SUB_NORMS = {"attn.sub_norm": ("self_attn.attn_sub_norm", "self_attn.inner_attn_ln"),
              "mlp.sub_norm": ("mlp.ffn_sub_norm", "mlp.ffn_layernorm")}
-EOT_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endofturn|>")
-
-
-class ConvertError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# source tensors: numpy views of the file (bf16 as uint16) converted to float32 in row chunks
-
-
-class SrcTensor:
-    """One source tensor, read lazily in row chunks as float32.
-
-    arr: numpy view of the stored data, first axis = rows; dtype: "BF16" | "F16" | "F32" | "F64"
-    (bf16 arrives as uint16) or "GGML" for GGUF block-quantized rows, which dequant(raw rows)
-    turns into float32. row_index: a row permutation applied on reading (GGUF Q/K rows).
-    """
-
-    def __init__(self, arr, dtype, dequant=None, shape=None, row_index=None):
-        self.arr, self.dtype, self.dequant, self.row_index = arr, dtype, dequant, row_index
-        self.shape = tuple(shape if shape is not None else arr.shape)
-
-    @property
-    def size(self):
-        return int(np.prod(self.shape))
-
-    def f32(self, rows=slice(None)):
-        if self.row_index is not None:
-            rows = self.row_index[rows]
-        a = self.arr[rows]
-        if self.dtype == "BF16":  # bf16 is the top half of a float32
-            return (a.astype(np.uint32) << 16).view(np.float32)
-        if self.dtype in ("F16", "F32", "F64"):
-            return a.astype(np.float32)
-        if self.dtype == "GGML":
-            return self.dequant(a).astype(np.float32, copy=False).reshape((-1,) + self.shape[1:])
-        raise ConvertError(f"a tensor of dtype {self.dtype} where float weights were expected")
-
-    def row_chunks(self):
-        rows = self.shape[0] if self.shape else 1
-        step = max(1, CHUNK_ELEMS // max(1, self.size // max(rows, 1)))
-        for r0 in range(0, rows, step):
-            yield slice(r0, min(rows, r0 + step))
-
-    def abs_median(self):
-        """The lower median of |W| (torch.median's choice), found on the bit patterns: for
-        non-negative IEEE numbers the integer order is the numeric order, so no float copy."""
-        width = {"BF16": 16, "F16": 16, "F32": 32}.get(self.dtype)
-        if width is None:
-            a = np.abs(self.f32().ravel())
-            return float(np.partition(a, (a.size - 1) // 2)[(a.size - 1) // 2])
-        utype = np.uint16 if width == 16 else np.uint32
-        bits = self.arr.view(utype).ravel() & utype((1 << (width - 1)) - 1)
-        k = (bits.size - 1) // 2
-        m = np.partition(bits, k)[k:k + 1]
-        if self.dtype == "BF16":
-            return float((m.astype(np.uint32) << 16).view(np.float32)[0])
-        return float(m.view(np.float16 if self.dtype == "F16" else np.float32)[0])
-
-
-def ternarize(t, method):
-    """Float weights -> (int8 ternary [N, K], f32 scale) with out = acc / act_scale * scale.
-
-    absmean as transformers WeightQuant (integrations/bitnet.py) and 1bitLLM's weight_quant:
-    s = 1 / max(mean|W|, 1e-5) in float32, q = clamp(rint(W * s), -1, 1), W ~ q / s.
-    absmedian (BitNet b1.58 Reloaded, arXiv 2407.09527): median|W| in place of the mean.
-    """
-    if method == "absmean":
-        total = 0.0
-        for rows in t.row_chunks():
-            total += float(np.abs(t.f32(rows)).sum(dtype=np.float64))
-        m = total / max(1, t.size)
-    elif method == "absmedian":
-        m = t.abs_median()
-    else:
-        raise ConvertError(f"unknown --scale {method!r}")
-    s = np.float32(1.0) / np.float32(max(m, 1e-5))
-    q = np.empty(t.shape, dtype=np.int8)
-    for rows in t.row_chunks():
-        q[rows] = np.clip(np.rint(t.f32(rows) * s), -1, 1)
-    return q, np.float32(1.0) / s
-
-
-def exact_ternary(t):
-    """If t holds only {-a, 0, +a} (ternary weights already dequantized), (q, a); else None."""
-    a = 0.0
-    for rows in t.row_chunks():
-        a = max(a, float(np.abs(t.f32(rows)).max(initial=0.0)))
-    q = np.empty(t.shape, dtype=np.int8)
-    for rows in t.row_chunks():
-        w = t.f32(rows)
-        if not np.all((w == 0) | (np.abs(w) == np.float32(a))):
-            return None
-        q[rows] = np.sign(w)
-    return q, np.float32(a if a > 0 else 1.0)
-
-
-def unpack_hf(packed, n):
-    """transformers' packed ternary U8 [n/4, K] -> int8 [n, K].
-
-    integrations/bitnet.py pack_weights: byte[r, c] bits (2i, 2i+1) = W[i*R + r, c] + 1, R = n/4.
-    """
-    r = packed.shape[0]
-    if r * 4 != n:
-        raise ConvertError(f"packed weight has {r} rows, expected {n}/4 (out_features must be a multiple of 4)")
-    out = np.empty((n, packed.shape[1]), dtype=np.int8)
-    for i in range(4):
-        codes = (packed >> np.uint8(2 * i)) & np.uint8(3)
-        if np.any(codes == 3):
-            raise ConvertError("packed weight holds the code 3, which is not a ternary value")
-        out[i * r:(i + 1) * r] = codes.view(np.int8) - np.int8(1)
-    return out
-
-
-class Linear:
-    """How one linear's weights come out of the source; nothing is read until asked.
-
-    Either load_ternary: () -> (int8 [N, K], scale, scale_mode) for weights stored ternary, or
-    master: SrcTensor of float weights. A master is ternarized with --scale (or, exact=True,
-    taken as already-ternary {-a, 0, a} when it is) for a ternary output; for an fp16 output it
-    is kept as is, unless is_ternary (online / shadow weights: the model is the ternarized one).
-    in_norm: SrcTensor of the per-projection RMSNorm (quantization_config use_rms_norm) or None.
-    """
-
-    def __init__(self, load_ternary=None, scale_mode="mul", master=None, is_ternary=False,
-                 exact=False, in_norm=None):
-        self.load_ternary, self.scale_mode = load_ternary, scale_mode
-        self.master, self.is_ternary, self.exact, self.in_norm = master, is_ternary, exact, in_norm
-
-
 # ---------------------------------------------------------------------------------------------
 # Hugging Face checkpoint directories
 
@@ -199,7 +71,7 @@ def _load_json(path, what):
         raise ConvertError(f"{path}: cannot read {what}: {e}") from None
 
 
-class HFCheckpoint:
+class HFCheckpoint(TensorSet):
     """A Hugging Face checkpoint directory: config.json plus single or sharded safetensors."""
 
     def __init__(self, src):
@@ -217,22 +89,12 @@ class HFCheckpoint:
                 hint = " (only PyTorch .bin files: re-save with safetensors)" if bins else ""
                 raise ConvertError(f"{src}: no .safetensors weights{hint}")
             files = found
-        self.tensors = {}
+        found = {}
         for fname in files:
             _, tensors, dtypes = tpk.read_safetensors(os.path.join(src, fname), error=ConvertError)
             for name, arr in tensors.items():
-                self.tensors[name] = SrcTensor(arr, dtypes[name])
-        self.used = set()
-
-    def has(self, name):
-        return name in self.tensors
-
-    def get(self, name):
-        t = self.tensors.get(name)
-        if t is None:
-            raise ConvertError(f"{self.dir}: missing tensor {name!r}")
-        self.used.add(name)
-        return t
+                found[name] = SrcTensor(arr, dtypes[name])
+        super().__init__(src, found)
 
     def unused(self):
         # Non-persistent buffers some old checkpoints carry.
@@ -323,9 +185,119 @@ def hf_tokenizer(src, cfg, vocab_size):
             "chat_template": template if isinstance(template, str) else None}, data
 
 
-# What a JSON field of the wrong type raises where the code expects a number, string, list or
-# object (int("x"), None["k"], [].get, ...): in a user's file that is a malformed file.
-MALFORMED = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)
+def _hf_quantization(src, cfg) -> tuple[dict, str | None, str | None]:
+    """-> (quantization_config or {}, linear_class, quantization_mode); only bitnet's is known."""
+    qc = cfg.get("quantization_config") or {}
+    if qc and qc.get("quant_method") != "bitnet":
+        raise ConvertError(f"{src}: quantization method {qc.get('quant_method')!r} is not supported (only bitnet)")
+    if not qc:
+        return qc, None, None
+    for m in qc.get("modules_to_not_convert") or []:
+        if "layers" in m:
+            raise ConvertError(f"{src}: modules_to_not_convert {m!r}: mixed float/ternary layers are not supported")
+    return qc, qc.get("linear_class", "bitlinear"), qc.get("quantization_mode", "offline")
+
+
+def _hf_sub_norms(src, ck, model_type, heads, head_dim, hidden) -> dict:
+    """{tpk sub-norm key: HF module name} when the checkpoint has both sub-norms, else {}."""
+    sub_names = {}
+    for key, candidates in SUB_NORMS.items():
+        found = [c for c in candidates if ck.has(f"model.layers.0.{c}.weight")]
+        sub_names[key] = found[0] if found else None
+    sub_norms = all(sub_names.values())
+    if any(sub_names.values()) and not sub_norms:
+        raise ConvertError(f"{src}: only one of the two sub-norms found in layer 0")
+    if model_type == "bitnet" and not sub_norms:
+        raise ConvertError(f"{src}: a bitnet checkpoint without attn_sub_norm / ffn_sub_norm tensors")
+    if sub_norms and heads * head_dim != hidden:
+        raise ConvertError(f"{src}: sub-norms need num_heads * head_dim == hidden_size")
+    return sub_names if sub_norms else {}
+
+
+def _hf_weight_scheme(qc, linear_class, mode, sub_norms, model_type) -> tuple[str, str]:
+    """-> (how the linears are stored: packed | master-ternary | float, scale_mode)."""
+    if qc and linear_class != "autobitlinear":  # BitLinear: packed, out = acc / (a * s)
+        return "packed", "div"
+    if qc and mode == "offline":                # AutoBitLinear offline: packed, out = acc / a * s
+        return "packed", "mul"
+    if qc or (sub_norms and model_type != "bitnet"):  # online masters / 1bitLLM shadow weights
+        return "master-ternary", "mul"
+    # A bitnet checkpoint without quantization_config is a full-precision model: transformers
+    # (models/bitnet) then runs plain nn.Linear, so it converts to f16 unless --weights asks.
+    return "float", "mul"                       # plain float model
+
+
+def _hf_config(src, cfg, ck) -> tuple[dict, dict, str]:
+    """-> (the .tpk config without formats, {sub-norm key: HF name}, how the linears are stored)."""
+    model_type = cfg.get("model_type")
+    if model_type not in ("bitnet", "llama"):
+        raise ConvertError(f"{src}: unsupported model_type {model_type!r} (supported: bitnet, llama)")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise ConvertError(f"{src}: linear biases are not supported")
+    try:
+        hidden, inter = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+        layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        vocab = int(cfg["vocab_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConvertError(f"{src}/config.json: missing or bad {e}") from None
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    qc, linear_class, mode = _hf_quantization(src, cfg)
+    sub_names = _hf_sub_norms(src, ck, model_type, heads, head_dim, hidden)
+    sub_norms = bool(sub_names)
+    act = cfg.get("hidden_act", "relu2" if model_type == "bitnet" else "silu")
+    if act not in ("relu2", "silu"):
+        raise ConvertError(f"{src}: hidden_act {act!r} is not supported (relu2, silu)")
+    how, scale_mode = _hf_weight_scheme(qc, linear_class, mode, sub_norms, model_type)
+    config = {
+        "format_version": tpk.FORMAT_VERSION,
+        # "bitnet" = the graph with sub-norms; hidden_act says relu2 (BitNet) or silu (1bitLLM)
+        "architecture": "bitnet" if sub_norms else "llama",
+        "hidden_size": hidden, "intermediate_size": inter, "num_layers": layers,
+        "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
+        "max_position": int(cfg.get("max_position_embeddings") or 2048),
+        "rms_norm_eps": float(cfg.get("rms_norm_eps") or (1e-5 if model_type == "bitnet" else 1e-6)),
+        "rope_theta": _rope_theta(cfg, model_type), "rope_style": "neox",
+        "hidden_act": act, "sub_norms": sub_norms,
+        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "scale_mode": scale_mode,
+        "proj_norm_eps": float(qc.get("rms_norm_eps") or 1e-6) if qc and qc.get("use_rms_norm") else None,
+    }
+    return config, sub_names, how
+
+
+def _hf_linears(ck, config, how) -> dict:
+    linears, scale_mode, proj_norm_eps = {}, config["scale_mode"], config["proj_norm_eps"]
+    for prefix, (n, k) in tpk.linear_shapes(config).items():
+        i, proj = prefix.split(".", 2)[1], prefix.split(".", 2)[2]
+        base = f"model.layers.{i}.{HF_PROJ[proj]}"
+        w = ck.get(f"{base}.weight")
+        in_norm = ck.get(f"{base}.rms_norm.weight") if proj_norm_eps is not None else None
+        if how == "packed":
+            linears[prefix] = Linear(load_ternary=_packed_loader(ck, base, n, k, scale_mode),
+                                     scale_mode=scale_mode, in_norm=in_norm)
+        else:
+            if w.shape != (n, k):
+                raise ConvertError(f"{base}.weight is {list(w.shape)}, expected [{n}, {k}]")
+            linears[prefix] = Linear(master=w, is_ternary=how == "master-ternary", in_norm=in_norm)
+    return linears
+
+
+def _hf_vectors(src, ck, config, sub_names) -> dict:
+    vectors = {"embed": ck.get("model.embed_tokens.weight"), "norm": ck.get("model.norm.weight")}
+    for i in range(config["num_layers"]):
+        vectors[f"layers.{i}.attn_norm"] = ck.get(f"model.layers.{i}.input_layernorm.weight")
+        vectors[f"layers.{i}.ffn_norm"] = ck.get(f"model.layers.{i}.post_attention_layernorm.weight")
+        for key, hf_name in sub_names.items():
+            vectors[f"layers.{i}.{key}"] = ck.get(f"model.layers.{i}.{hf_name}.weight")
+    if config["tie_word_embeddings"]:
+        if ck.has("lm_head.weight"):
+            ck.get("lm_head.weight")  # a saved copy of the tied embedding
+    else:
+        vectors["lm_head"] = ck.get("lm_head.weight")
+        if vectors["lm_head"].dtype == "U8":
+            raise ConvertError(f"{src}: a ternary lm_head is not supported")
+    return vectors
 
 
 def hf_source(src):
@@ -340,111 +312,14 @@ def hf_source(src):
 
 def _hf_source(src):
     ck = HFCheckpoint(src)
-    cfg = ck.cfg
-    model_type = cfg.get("model_type")
-    if model_type not in ("bitnet", "llama"):
-        raise ConvertError(f"{src}: unsupported model_type {model_type!r} (supported: bitnet, llama)")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise ConvertError(f"{src}: linear biases are not supported")
-    try:
-        hidden, inter = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
-        layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
-        vocab = int(cfg["vocab_size"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConvertError(f"{src}/config.json: missing or bad {e}") from None
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
-
-    qc = cfg.get("quantization_config") or {}
-    if qc and qc.get("quant_method") != "bitnet":
-        raise ConvertError(f"{src}: quantization method {qc.get('quant_method')!r} is not supported (only bitnet)")
-    if qc:
-        linear_class = qc.get("linear_class", "bitlinear")
-        mode = qc.get("quantization_mode", "offline")
-        for m in qc.get("modules_to_not_convert") or []:
-            if "layers" in m:
-                raise ConvertError(f"{src}: modules_to_not_convert {m!r}: mixed float/ternary layers are not supported")
-
-    sub_names = {}
-    for key, candidates in SUB_NORMS.items():
-        found = [c for c in candidates if ck.has(f"model.layers.0.{c}.weight")]
-        sub_names[key] = found[0] if found else None
-    sub_norms = all(sub_names.values())
-    if any(sub_names.values()) and not sub_norms:
-        raise ConvertError(f"{src}: only one of the two sub-norms found in layer 0")
-    if model_type == "bitnet" and not sub_norms:
-        raise ConvertError(f"{src}: a bitnet checkpoint without attn_sub_norm / ffn_sub_norm tensors")
-    if sub_norms and heads * head_dim != hidden:
-        raise ConvertError(f"{src}: sub-norms need num_heads * head_dim == hidden_size")
-
-    act = cfg.get("hidden_act", "relu2" if model_type == "bitnet" else "silu")
-    if act not in ("relu2", "silu"):
-        raise ConvertError(f"{src}: hidden_act {act!r} is not supported (relu2, silu)")
-
-    if qc and linear_class != "autobitlinear":  # BitLinear: packed, out = acc / (a * s)
-        how, scale_mode = "packed", "div"
-    elif qc and mode == "offline":              # AutoBitLinear offline: packed, out = acc / a * s
-        how, scale_mode = "packed", "mul"
-    elif qc or (sub_norms and model_type != "bitnet"):  # online masters / 1bitLLM shadow weights
-        how, scale_mode = "master-ternary", "mul"
-    # A bitnet checkpoint without quantization_config is a full-precision model: transformers
-    # (models/bitnet) then runs plain nn.Linear, so it converts to f16 unless --weights asks.
-    else:                                       # plain float model
-        how, scale_mode = "float", "mul"
-
-    proj_norm_eps = None
-    if qc and qc.get("use_rms_norm"):
-        proj_norm_eps = float(qc.get("rms_norm_eps") or 1e-6)
-
-    config = {
-        "format_version": tpk.FORMAT_VERSION,
-        # "bitnet" = the graph with sub-norms; hidden_act says relu2 (BitNet) or silu (1bitLLM)
-        "architecture": "bitnet" if sub_norms else "llama",
-        "hidden_size": hidden, "intermediate_size": inter, "num_layers": layers,
-        "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
-        "max_position": int(cfg.get("max_position_embeddings") or 2048),
-        "rms_norm_eps": float(cfg.get("rms_norm_eps") or (1e-5 if model_type == "bitnet" else 1e-6)),
-        "rope_theta": _rope_theta(cfg, model_type), "rope_style": "neox",
-        "hidden_act": act, "sub_norms": sub_norms,
-        "tie_word_embeddings": bool(cfg.get("tie_word_embeddings", False)),
-        "scale_mode": scale_mode, "proj_norm_eps": proj_norm_eps,
-    }
-
-    linears = {}
-    shapes = tpk.linear_shapes({**config, "num_layers": layers})
-    for prefix, (n, k) in shapes.items():
-        i, proj = prefix.split(".", 2)[1], prefix.split(".", 2)[2]
-        base = f"model.layers.{i}.{HF_PROJ[proj]}"
-        w = ck.get(f"{base}.weight")
-        in_norm = ck.get(f"{base}.rms_norm.weight") if proj_norm_eps is not None else None
-        if how == "packed":
-            linears[prefix] = Linear(load_ternary=_packed_loader(ck, base, n, k, scale_mode),
-                                     scale_mode=scale_mode, in_norm=in_norm)
-        else:
-            if w.shape != (n, k):
-                raise ConvertError(f"{base}.weight is {list(w.shape)}, expected [{n}, {k}]")
-            linears[prefix] = Linear(master=w, is_ternary=how == "master-ternary", in_norm=in_norm)
-
-    vectors = {"embed": ck.get("model.embed_tokens.weight"), "norm": ck.get("model.norm.weight")}
-    for i in range(layers):
-        vectors[f"layers.{i}.attn_norm"] = ck.get(f"model.layers.{i}.input_layernorm.weight")
-        vectors[f"layers.{i}.ffn_norm"] = ck.get(f"model.layers.{i}.post_attention_layernorm.weight")
-        if sub_norms:
-            for key, hf_name in sub_names.items():
-                vectors[f"layers.{i}.{key}"] = ck.get(f"model.layers.{i}.{hf_name}.weight")
-    if config["tie_word_embeddings"]:
-        if ck.has("lm_head.weight"):
-            ck.get("lm_head.weight")  # a saved copy of the tied embedding
-    else:
-        vectors["lm_head"] = ck.get("lm_head.weight")
-        if vectors["lm_head"].dtype == "U8":
-            raise ConvertError(f"{src}: a ternary lm_head is not supported")
-
+    config, sub_names, how = _hf_config(src, ck.cfg, ck)
+    linears = _hf_linears(ck, config, how)
+    vectors = _hf_vectors(src, ck, config, sub_names)
     extra = ck.unused()
     if extra:
         raise ConvertError(f"{src}: unexpected tensor {extra[0]!r}"
                            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    tok_config, tok_bytes = hf_tokenizer(src, cfg, vocab)
+    tok_config, tok_bytes = hf_tokenizer(src, ck.cfg, config["vocab_size"])
     return config, linears, vectors, (tok_config, tok_bytes), "f16" if how == "float" else "t2"
 
 
@@ -481,31 +356,6 @@ def _f16(t, name):
     return out
 
 
-def _int8_rows(t):
-    """Per-row absmax int8: w ~ q * scale[row]; the lm_head kernel computes (x @ q.T) * scale."""
-    q = np.empty(t.shape, dtype=np.int8)
-    scale = np.empty(t.shape[0], dtype=np.float32)
-    for rows in t.row_chunks():
-        x = t.f32(rows)
-        amax = np.abs(x).max(axis=1)
-        s = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
-        q[rows] = np.clip(np.rint(x / s[:, None]), -127, 127)
-        scale[rows] = s
-    return q, scale
-
-
-def _q4_rows(t):
-    """The Q4 head tensors (engine/q4.py) of t, a chunk of rows at a time."""
-    n, k = t.shape
-    g = q4.groups(k)
-    out = (np.empty((n, g * q4.GROUP // 2), np.uint8), np.empty((n, g), np.int16),
-           np.empty(n, np.float32))
-    for rows in t.row_chunks():
-        for dst, part in zip(out, q4.quantize(t.f32(rows))):
-            dst[rows] = part
-    return dict(zip(("lm_head.weight", "lm_head.sub", "lm_head.scale"), out))
-
-
 def _kernels():
     try:
         from engine import kernels
@@ -514,14 +364,13 @@ def _kernels():
     return kernels
 
 
-def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, progress=None):
-    """Convert SRC (HF checkpoint directory or .gguf file) to the .tpk `out`; returns its config."""
+def _check_options(src, weights, lm_head, scale, dtype) -> None:
     if dtype not in (None, "f16"):
         raise ConvertError(f"--dtype {dtype!r}: only f16")
     if dtype == "f16" and weights is not None:
         raise ConvertError("--dtype f16 and --weights exclude each other (fp16 model or ternary model)")
-    if weights not in (None, "t2", "t1"):
-        raise ConvertError(f"--weights {weights!r}: expected t2 or t1")
+    if weights is not None and weights not in tpk.TERNARY_FORMATS:
+        raise ConvertError(f"--weights {weights!r}: expected {' or '.join(tpk.TERNARY_FORMATS)}")
     if lm_head not in LM_HEADS:
         raise ConvertError(f"--lm-head {lm_head!r}: expected one of {', '.join(LM_HEADS)}")
     if scale not in ("absmean", "absmedian"):
@@ -529,40 +378,21 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
     if not os.path.exists(src):
         raise ConvertError(f"{src}: no such file or directory")
 
-    if os.path.isdir(src):
-        config, linears, vectors, tokenizer, default_weights = hf_source(src)
-    else:
-        from engine import gguf_reader
-        config, linears, vectors, tokenizer, default_weights = gguf_reader.gguf_source(src)
 
-    fmt = "f16" if dtype == "f16" else weights or default_weights
-    tok_config, tok_bytes = tokenizer
-    _check_tokenizer(src, tok_config, tok_bytes)
-    config.update({"weight_format": fmt, "lm_head_format": lm_head, "tokenizer": tok_config})
-    modes = {lin.scale_mode for lin in linears.values() if lin.load_ternary is not None}
-    if len(modes) > 1:
-        raise ConvertError(f"{src}: linears with both scale modes in one model")
-    config["scale_mode"] = modes.pop() if modes and fmt != "f16" else "mul"
-    try:
-        tpk.check_config(config)
-    except TpkError as e:
-        raise ConvertError(f"{src}: {e}") from None
-
-    specs = tpk.expected_tensors(config, "F16", len(tok_bytes))
+def _producer(linears, vectors, tok_bytes, fmt, lm_head, scale):
+    """produce(name) -> the array of tpk tensor `name`, or a dict of several (each linear's
+    weight and scale come together, as do the lm_head tensors)."""
     kernels = _kernels() if fmt in tpk.TERNARY_FORMATS else None
 
     def produce(name):
-        """-> the array of tpk tensor `name` (each linear's weight and scale come together)."""
         if name == "tokenizer":
             return np.frombuffer(tok_bytes, dtype=np.uint8)
         if name == "embed":
             return _f16(vectors["embed"], name)
         if name.startswith("lm_head."):
             head = vectors.get("lm_head", vectors["embed"])
-            if lm_head == "int8":
-                return dict(zip(("lm_head.weight", "lm_head.scale"), _int8_rows(head)))
-            if lm_head == "q4":
-                return _q4_rows(head)
+            if lm_head in quant.HEAD_TENSORS:
+                return quant.head_tensors(lm_head, head.shape, ((r, head.f32(r)) for r in head.row_chunks()))
             return _f16(head, name)
         prefix, _, leaf = name.rpartition(".")
         if prefix in linears:
@@ -571,7 +401,11 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
                 return lin.in_norm.f32().reshape(-1)
             return _linear(prefix, lin, fmt, scale, kernels)
         return np.ascontiguousarray(vectors[name].f32().reshape(-1))
+    return produce
 
+
+def _write(src, out, config, specs, produce, progress) -> None:
+    """Every tensor of specs, in order, into the .tpk `out` (removed again on any failure)."""
     from tqdm import tqdm
 
     writer = tpk.Writer(out, config, specs)
@@ -596,6 +430,30 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
     except BaseException:
         writer.abort()
         raise
+
+
+def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, progress=None):
+    """Convert SRC (HF checkpoint directory or .gguf file) to the .tpk `out`; returns its config."""
+    _check_options(src, weights, lm_head, scale, dtype)
+    if os.path.isdir(src):
+        config, linears, vectors, tokenizer, default_weights = hf_source(src)
+    else:
+        config, linears, vectors, tokenizer, default_weights = gguf.gguf_source(src)
+
+    fmt = "f16" if dtype == "f16" else weights or default_weights
+    tok_config, tok_bytes = tokenizer
+    _check_tokenizer(src, tok_config, tok_bytes)
+    config.update({"weight_format": fmt, "lm_head_format": lm_head, "tokenizer": tok_config})
+    modes = {lin.scale_mode for lin in linears.values() if lin.load_ternary is not None}
+    if len(modes) > 1:
+        raise ConvertError(f"{src}: linears with both scale modes in one model")
+    config["scale_mode"] = modes.pop() if modes and fmt != "f16" else "mul"
+    try:
+        tpk.check_config(config)
+    except TpkError as e:
+        raise ConvertError(f"{src}: {e}") from None
+    specs = tpk.expected_tensors(config, "F16", len(tok_bytes))
+    _write(src, out, config, specs, _producer(linears, vectors, tok_bytes, fmt, lm_head, scale), progress)
     return config
 
 
@@ -603,7 +461,7 @@ def _check_tokenizer(src, tok_config, tok_bytes):
     """Load the tokenizer the .tpk will hold, as the engine will: a file Python's json module
     reads can still be one the tokenizers library refuses (or one that fails on every text),
     and that must be a conversion error, not a .tpk the engine then rejects."""
-    from engine.tokenizer import Tokenizer, TokenizerError
+    from engine.runtime.tokenizer import Tokenizer, TokenizerError
 
     try:
         Tokenizer.from_bytes(tok_config["type"], tok_bytes, tok_config)
@@ -640,7 +498,7 @@ def build_parser():
                     "llama/bitnet GGUF file to a .tpk model file.")
     p.add_argument("src", help="checkpoint directory or .gguf file")
     p.add_argument("-o", "--output", required=True, help="the .tpk file to write")
-    p.add_argument("--weights", choices=("t2", "t1"),
+    p.add_argument("--weights", choices=tpk.TERNARY_FORMATS,
                    help="packed ternary format: t2 (2 bits/weight, default for ternary models) or "
                         "t1 (1.6 bits/weight, 20%% smaller); on a plain float model: ternarize it")
     p.add_argument("--dtype", choices=("f16",),

@@ -1,6 +1,6 @@
 """Quantization-aware training of a small BitNet b1.58 model (torch; `train` extra).
 
-    python -m engine.train.qat --config small --out ~/.cache/ternary-engine/runs/small [--resume]
+    python -m ternary_train.qat --config small --out ~/.cache/ternary-engine/runs/small [--resume]
 
 The model is exactly transformers' BitNetForCausalLM graph (model_type "bitnet",
 transformers/models/bitnet/modeling_bitnet.py): RMSNorm pre-norms, attn_sub_norm
@@ -435,7 +435,7 @@ def export_hf(model: BitNetLM, out: Path, tokenizer_model: Path | None = None) -
 def export_tpk(hf_dir: Path, out: Path) -> Path | None:
     """HF checkpoint -> .tpk through the project's converter (ternary-convert)."""
     try:
-        from engine import convert
+        import engine.convert as convert
     except Exception as e:  # converter not available (yet)
         print(f"no .tpk written: engine.convert unavailable ({e})", file=sys.stderr)
         return None
@@ -482,20 +482,14 @@ def corpus_streams(corpus: Path, vocab: int):
     tr, va = corpus / f"tok{vocab}.train.npy", corpus / f"tok{vocab}.val.npy"
     if not (tok.exists() and tr.exists() and va.exists()):
         raise SystemExit(f"missing {tok} or its token streams: run "
-                         f"python -m engine.train.corpus and python -m engine.train.tokenizer --vocab {vocab}")
+                         f"python -m ternary_train.corpus and python -m ternary_train.tokenizer --vocab {vocab}")
     return tok, np.load(tr, mmap_mode="r"), np.load(va, mmap_mode="r")
 
 
-def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: bool = False,
-          max_seconds: float | None = None, log=print, export: bool = True) -> dict:
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    tok_path, train_stream, val_stream = corpus_streams(corpus, mc.vocab_size)
-    ckpt = out / "ckpt.pt"
-    model = build_model(mc, tc.seed)
-    opt = make_optimizer(model, tc)
+def _start_or_resume(ckpt, csv_path, model, opt, mc, tc, resume, log):
+    """-> (step, tokens, elapsed, loss window): restored from ckpt on resume (the CSV log cut back
+    to the checkpoint), else zero with a fresh CSV; an existing ckpt without resume is refused."""
     step, tokens, elapsed = 0, 0, 0.0
-    csv_path = out / "log.csv"
     if resume and ckpt.exists():
         ck = torch.load(ckpt, map_location="cpu", weights_only=False)
         if ck["model_config"] != dataclasses.asdict(mc) or ck["train_config"] != dataclasses.asdict(tc):
@@ -519,6 +513,34 @@ def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: boo
         with csv_path.open("w", newline="") as f:
             csv.writer(f).writerow(["step", "tokens", "elapsed_s", "lr", "train_loss", "val_loss",
                                     "tok_per_s"])
+    return step, tokens, elapsed, loss_state
+
+
+def _finish(model, val_stream, tc, out, tok_path, result, emb, body, export, log) -> None:
+    """The final evaluation, the exports (HF directory, .tpk) and final.json, into result."""
+    vl, n = evaluate(model, val_stream, tc.seq_len)
+    result.update(val_loss=vl, val_ppl=math.exp(vl), val_tokens=n,
+                  params_embedding=emb, params_body=body)
+    if export:
+        hf = export_hf(model, out / "hf", tok_path)
+        result["hf_dir"] = str(hf)
+        tpk = export_tpk(hf, out / "model.tpk")
+        if tpk is not None:
+            result["tpk"] = str(tpk)
+    (out / "final.json").write_text(json.dumps(result, indent=1))
+    log(f"final val loss {vl:.4f} ppl {math.exp(vl):.3f} over {n} tokens -> {out}")
+
+
+def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: bool = False,
+          max_seconds: float | None = None, log=print, export: bool = True) -> dict:
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    tok_path, train_stream, val_stream = corpus_streams(corpus, mc.vocab_size)
+    ckpt = out / "ckpt.pt"
+    model = build_model(mc, tc.seed)
+    opt = make_optimizer(model, tc)
+    csv_path = out / "log.csv"
+    step, tokens, elapsed, loss_state = _start_or_resume(ckpt, csv_path, model, opt, mc, tc, resume, log)
     (out / "config.json").write_text(json.dumps({"model": dataclasses.asdict(mc),
                                                  "train": dataclasses.asdict(tc)}, indent=1))
     emb, body = model.num_params()
@@ -574,17 +596,7 @@ def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: boo
             break
     result = {"step": step, "tokens": tokens, "elapsed_s": time.time() - t0, "finished": not stopped}
     if not stopped:
-        vl, n = evaluate(model, val_stream, tc.seq_len)
-        result.update(val_loss=vl, val_ppl=math.exp(vl), val_tokens=n,
-                      params_embedding=emb, params_body=body)
-        if export:
-            hf = export_hf(model, out / "hf", tok_path)
-            result["hf_dir"] = str(hf)
-            tpk = export_tpk(hf, out / "model.tpk")
-            if tpk is not None:
-                result["tpk"] = str(tpk)
-        (out / "final.json").write_text(json.dumps(result, indent=1))
-        log(f"final val loss {vl:.4f} ppl {math.exp(vl):.3f} over {n} tokens -> {out}")
+        _finish(model, val_stream, tc, out, tok_path, result, emb, body, export, log)
     return result
 
 

@@ -1,4 +1,4 @@
-"""ternary-serve: an OpenAI-compatible HTTP server over continuous batching (engine/batch.py).
+"""ternary-serve: an OpenAI-compatible HTTP server over continuous batching (engine/runtime/batch.py).
 
     ternary-serve model.tpk --host 127.0.0.1 --port 8000 --threads 4 --max-batch 8
 
@@ -25,9 +25,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from engine import StopStrings
-from engine.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
-from engine.sampling import Sampler, SamplingParams
+from engine.runtime.generate import TextStream
+from engine.runtime.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
+from engine.runtime.sampling import Sampler, SamplingParams
 
 log = logging.getLogger("ternary.server")
 
@@ -141,7 +141,7 @@ class Server:
         self.created = int(time.time())
 
     # -- parsing shared by both endpoints ------------------------------------------------------
-    def _check_model(self, body):
+    def check_model(self, body):
         m = body.get("model")
         if m is None:
             return
@@ -151,7 +151,7 @@ class Server:
             raise ApiError(400, f"The model '{m}' does not exist; this server serves '{self.model_id}'.",
                            "model", "model_not_found")
 
-    def _gen_request(self, body, prompt_ids, chat: bool) -> GenRequest:
+    def gen_request(self, body, prompt_ids, chat: bool) -> GenRequest:
         if _int(body, "n", 1) != 1:
             raise ApiError(400, "Only n=1 is supported.", "n", "unsupported_value")
         if _int(body, "best_of", 1) != 1:
@@ -197,7 +197,7 @@ class Server:
         return GenRequest(prompt_ids, max_tokens, params, None if seed is None else seed % 2**64, stop,
                           ignore_eos, return_token_ids, stream, include_usage)
 
-    def _completion_prompt(self, body) -> list[int]:
+    def completion_prompt(self, body) -> list[int]:
         p = body.get("prompt", _MISSING)
         if p is _MISSING or p is None:
             raise ApiError(400, "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
@@ -214,7 +214,7 @@ class Server:
             raise ApiError(400, "Only one prompt per request is supported.", "prompt", "unsupported_value")
         raise _type_error("prompt", "a string, an array of token ids, or an array of one of those", p)
 
-    def _chat_prompt(self, body) -> list[int]:
+    def chat_prompt(self, body) -> list[int]:
         msgs = body.get("messages", _MISSING)
         if msgs is _MISSING or msgs is None:
             raise ApiError(400, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
@@ -274,7 +274,7 @@ class Server:
 
     async def _events(self, seq, queue, stop, every_token: bool):
         """every_token: an item per token even when it completes no text yet."""
-        detok, stops = self.tokenizer.stream_decoder(context_ids=seq.prompt_ids), StopStrings(stop)
+        text_stream = TextStream(self.tokenizer.stream_decoder(context_ids=seq.prompt_ids), stop)
         ids, n = [], 0
         try:
             while True:
@@ -282,7 +282,7 @@ class Server:
                 if kind == "token":
                     n += 1
                     ids.append(value)
-                    text, hit = stops.feed(detok.push(value))
+                    text, hit = text_stream.push(value)
                     if hit:
                         self.batch.cancel(seq)
                         yield text, "stop", ids, n
@@ -295,8 +295,7 @@ class Server:
                     raise ApiError(500, f"generation failed: {seq.error}", type="server_error")
                 if value == CANCELLED:   # the client left, or the server is shutting down
                     return
-                text, hit = stops.feed(detok.flush())
-                yield text + ("" if hit else stops.flush()), value, ids, n
+                yield text_stream.finish(), value, ids, n
                 return
         finally:
             self.batch.cancel(seq)   # no-op when finished; frees the slot when the client left
@@ -309,11 +308,7 @@ class Server:
 def create_app(engine, batch: Batch, model_id: str):
     """The FastAPI app over engine (tokenizer, chat template) and batch (started and closed
     with the app's lifespan)."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.background import BackgroundTask
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from fastapi import FastAPI
 
     srv = Server(engine, batch, model_id)
 
@@ -325,148 +320,194 @@ def create_app(engine, batch: Batch, model_id: str):
 
     app = FastAPI(title="ternary-serve", lifespan=lifespan)
     app.state.server = srv
+    _add_error_handlers(app)
+    _add_generation_routes(app, srv)
+    _add_info_routes(app, srv)
+    return app
 
-    def error_response(e: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if e.status in (429, 503) else None
-        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+def _error_response(e: ApiError):
+    from fastapi.responses import JSONResponse
+
+    headers = {"Retry-After": "1"} if e.status in (429, 503) else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+def _add_error_handlers(app) -> None:
+    """Every error a request meets becomes an OpenAI-style error body."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
-        return error_response(e)
+        return _error_response(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e):
-        return error_response(ApiError(e.status_code, str(e.detail), type="invalid_request_error"
-                                       if e.status_code < 500 else "server_error"))
+        return _error_response(ApiError(e.status_code, str(e.detail), type="invalid_request_error"
+                                        if e.status_code < 500 else "server_error"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, e):
-        return error_response(ApiError(400, f"Invalid request: {e.errors()}"))
+        return _error_response(ApiError(400, f"Invalid request: {e.errors()}"))
 
     @app.exception_handler(Exception)
     async def _internal_error(request, e):
         log.exception("request failed")
-        return error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
+        return _error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
 
-    async def read_json(request: Request) -> dict:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+
+async def _read_json(request) -> dict:
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+        raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY_BYTES:
             raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > MAX_BODY_BYTES:
-                raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-        try:
-            body = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise ApiError(400, f"We could not parse the JSON body of your request ({e}).") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object.")
-        return body
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ApiError(400, f"We could not parse the JSON body of your request ({e}).") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
 
-    async def watch_disconnect(request: Request, seq: Sequence):
-        """Cancel seq when the client of a non-streaming request goes away (body already read)."""
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                batch.cancel(seq)
-                return
 
-    def sse(obj) -> str:
-        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+async def _watch_disconnect(request, seq: Sequence, batch: Batch):
+    """Cancel seq when the client of a non-streaming request goes away (body already read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            batch.cancel(seq)
+            return
 
-    async def run(request: Request, req: GenRequest, chunk, final, kind: str):
-        """Stream (SSE) or collect one generation; chunk(text, finish) -> a chunk dict,
-        final(text, finish, usage) -> the whole response dict; "token_ids" added on request."""
-        def with_ids(c, ids):
-            if req.return_token_ids:
-                c["choices"][0]["token_ids"] = ids
-            return c
 
-        seq, events = srv.start(req)
-        if req.stream:
-            async def body():
-                n = 0
-                try:
-                    if kind == "chat":
-                        yield sse(chunk(None, None))
-                    async for text, finish, ids, n in events:
-                        if text or finish or ids and req.return_token_ids:
-                            yield sse(with_ids(chunk(text, finish), ids))
-                    if seq.finish_reason == CANCELLED and n == 0:
-                        raise ApiError(503, "The request was cancelled (the server is shutting down).",
-                                       type="server_error")
-                    if req.include_usage:
-                        c = chunk("", None)
-                        c["choices"], c["usage"] = [], srv.usage(req, n)
-                        yield sse(c)
-                except ApiError as e:   # headers are sent: the error goes in the stream
-                    yield sse(e.body())
-                except Exception as e:  # never leave a stream without an ending
-                    log.exception("stream failed")
-                    yield sse(ApiError(500, f"internal error: {e}", type="server_error").body())
-                finally:
-                    await events.aclose()
-                yield "data: [DONE]\n\n"
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-            # background: runs even when the client leaves before the body starts.
-            return StreamingResponse(body(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                     background=BackgroundTask(batch.cancel, seq))
-        watcher = asyncio.create_task(watch_disconnect(request, seq))
-        pieces, all_ids, finish, n = [], [], None, 0
-        try:
-            async for text, finish, ids, n in events:
-                pieces.append(text)
-                all_ids += ids
-        finally:
-            watcher.cancel()
-            await events.aclose()
-        if finish is None:
-            raise ApiError(503, "The request was cancelled (client gone or server shutting down).",
+
+def _with_ids(req: GenRequest, c: dict, ids) -> dict:
+    """c with "token_ids" added when the request asked for them."""
+    if req.return_token_ids:
+        c["choices"][0]["token_ids"] = ids
+    return c
+
+
+async def _sse_body(srv, req: GenRequest, seq, events, chunk, kind: str):
+    """The server-sent events of one streamed generation, always ending with [DONE]."""
+    n = 0
+    try:
+        if kind == "chat":
+            yield _sse(chunk(None, None))
+        async for text, finish, ids, n in events:
+            if text or finish or ids and req.return_token_ids:
+                yield _sse(_with_ids(req, chunk(text, finish), ids))
+        if seq.finish_reason == CANCELLED and n == 0:
+            raise ApiError(503, "The request was cancelled (the server is shutting down).",
                            type="server_error")
-        return JSONResponse(with_ids(final("".join(pieces), finish, srv.usage(req, n)), all_ids))
+        if req.include_usage:
+            c = chunk("", None)
+            c["choices"], c["usage"] = [], srv.usage(req, n)
+            yield _sse(c)
+    except ApiError as e:   # headers are sent: the error goes in the stream
+        yield _sse(e.body())
+    except Exception as e:  # never leave a stream without an ending
+        log.exception("stream failed")
+        yield _sse(ApiError(500, f"internal error: {e}", type="server_error").body())
+    finally:
+        await events.aclose()
+    yield "data: [DONE]\n\n"
+
+
+async def _collect(srv, request, req: GenRequest, seq, events, final):
+    """The whole response of one non-streamed generation (cancelled if the client leaves)."""
+    from fastapi.responses import JSONResponse
+
+    watcher = asyncio.create_task(_watch_disconnect(request, seq, srv.batch))
+    pieces, all_ids, finish, n = [], [], None, 0
+    try:
+        async for text, finish, ids, n in events:
+            pieces.append(text)
+            all_ids += ids
+    finally:
+        watcher.cancel()
+        await events.aclose()
+    if finish is None:
+        raise ApiError(503, "The request was cancelled (client gone or server shutting down).",
+                       type="server_error")
+    return JSONResponse(_with_ids(req, final("".join(pieces), finish, srv.usage(req, n)), all_ids))
+
+
+async def _run(srv, request, req: GenRequest, chunk, final, kind: str):
+    """Stream (SSE) or collect one generation; chunk(text, finish) -> a chunk dict,
+    final(text, finish, usage) -> the whole response dict; "token_ids" added on request."""
+    from fastapi.responses import StreamingResponse
+    from starlette.background import BackgroundTask
+
+    seq, events = srv.start(req)
+    if not req.stream:
+        return await _collect(srv, request, req, seq, events, final)
+    # background: runs even when the client leaves before the body starts.
+    return StreamingResponse(_sse_body(srv, req, seq, events, chunk, kind), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                             background=BackgroundTask(srv.batch.cancel, seq))
+
+
+def _completion_shapes(srv, cid: str, created: int):
+    """(chunk, final) of /v1/completions: OpenAI's text_completion objects."""
+    def chunk(text, finish):
+        return {"id": cid, "object": "text_completion", "created": created, "model": srv.model_id,
+                "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
+
+    def final(text, finish, usage):
+        c = chunk(text, finish)
+        c["usage"] = usage
+        return c
+    return chunk, final
+
+
+def _chat_shapes(srv, cid: str, created: int):
+    """(chunk, final) of /v1/chat/completions: chat.completion(.chunk) objects."""
+    def chunk(text, finish):
+        delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": srv.model_id,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+    def final(text, finish, usage):
+        return {"id": cid, "object": "chat.completion", "created": created, "model": srv.model_id,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "logprobs": None, "finish_reason": finish}],
+                "usage": usage}
+    return chunk, final
+
+
+def _add_generation_routes(app, srv) -> None:
+    from fastapi import Request
+
+    async def generate(request: Request, chat: bool):
+        body = await _read_json(request)
+        srv.check_model(body)
+        prompt = srv.chat_prompt(body) if chat else srv.completion_prompt(body)
+        req = srv.gen_request(body, prompt, chat=chat)
+        shapes, prefix = (_chat_shapes, "chatcmpl") if chat else (_completion_shapes, "cmpl")
+        chunk, final = shapes(srv, f"{prefix}-{uuid.uuid4().hex}", int(time.time()))
+        return await _run(srv, request, req, chunk, final, "chat" if chat else "text")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await read_json(request)
-        srv._check_model(body)
-        req = srv._gen_request(body, srv._completion_prompt(body), chat=False)
-        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-
-        def chunk(text, finish):
-            return {"id": cid, "object": "text_completion", "created": created, "model": srv.model_id,
-                    "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
-
-        def final(text, finish, usage):
-            c = chunk(text, finish)
-            c["usage"] = usage
-            return c
-
-        return await run(request, req, chunk, final, "text")
+        return await generate(request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await read_json(request)
-        srv._check_model(body)
-        req = srv._gen_request(body, srv._chat_prompt(body), chat=True)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        return await generate(request, chat=True)
 
-        def chunk(text, finish):
-            delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
-            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": srv.model_id,
-                    "system_fingerprint": None,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        def final(text, finish, usage):
-            return {"id": cid, "object": "chat.completion", "created": created, "model": srv.model_id,
-                    "system_fingerprint": None,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "logprobs": None, "finish_reason": finish}],
-                    "usage": usage}
-
-        return await run(request, req, chunk, final, "chat")
+def _add_info_routes(app, srv) -> None:
+    from fastapi.responses import JSONResponse
 
     def model_card():
         return {"id": srv.model_id, "object": "model", "created": srv.created, "owned_by": "ternary-engine",
@@ -484,12 +525,10 @@ def create_app(engine, batch: Batch, model_id: str):
 
     @app.get("/health")
     async def health():
-        occ = batch.occupancy()
+        occ = srv.batch.occupancy()
         ok = occ["engine_alive"]
         return JSONResponse({"status": "ok" if ok else "error", "model": srv.model_id, "ctx": srv.ctx, **occ},
                             status_code=200 if ok else 503)
-
-    return app
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -540,7 +579,7 @@ def main(argv=None) -> int:
     import uvicorn
 
     from engine import Engine
-    from engine.tpk import TpkError
+    from engine.formats.tpk import TpkError
 
     try:
         engine = Engine(args.model, threads=args.threads, ctx=args.ctx)

@@ -30,9 +30,9 @@ from typing import Callable
 
 import numpy as np
 
-from engine.kvcache import KVCache
-from engine.model import PREFILL_CHUNK, make_buffers, rows
-from engine.sampling import Sampler
+from engine.runtime.kvcache import KVCache
+from engine.runtime.model import PREFILL_CHUNK, make_buffers, rows
+from engine.runtime.sampling import Sampler
 
 log = logging.getLogger("ternary.batch")
 
@@ -249,22 +249,20 @@ class Batch:
                 n += 1
         with np.errstate(over="ignore"):
             attn = [(self.caches[seq.slot], r0, r1, pos) for seq, r0, r1, pos in spans]
-            m._layers(b, R, self.cos[:R], self.sin[:R], attn)
+            m.run_layers(b, R, self.cos[:R], self.sin[:R], attn)
             if n:
                 h = self.h_last[:n]
                 np.take(b.h, self.sample_rows[:n], axis=0, out=h)
-                m._head(h, self.logits[:n], b)
+                m.head(h, self.logits[:n], b)
         return self.logits[:n]
 
     def _sample(self, seq: Sequence, logits: np.ndarray) -> None:
-        """Engine.generate_ids' loop body: sample, stop on a stop id (not emitted), emit, stop
-        at max_new_tokens (that last token never runs through the model)."""
+        """Sample (Sampler.next, as Engine.generate_ids), stop on a stop id (not emitted), emit,
+        stop at max_new_tokens (that last token never runs through the model)."""
         if seq.done:  # cancelled while the pass ran
             return
         try:
-            p = seq.sampler.params
-            window = p.repeat_last_n if p.repetition_penalty != 1.0 else 0
-            token = seq.sampler(logits, seq.ids[-window:] if window else ())
+            token = seq.sampler.next(logits, seq.ids)
             if token in seq.stop_ids:
                 reason = STOP
             else:

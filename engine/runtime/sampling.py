@@ -184,3 +184,10 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, recent_ids=()) -> int:
         return sample(logits, self.params, self.rng, recent_ids, self.work, self.scratch)
+
+    def next(self, logits: np.ndarray, ids) -> int:
+        """The next token after ids (prompt + generated so far): the one sampling step of every
+        decode loop (Engine.generate_ids, Batch); it owns the repetition-penalty window."""
+        p = self.params
+        window = p.repeat_last_n if p.repetition_penalty != 1.0 else 0
+        return self(logits, ids[-window:] if window else ())

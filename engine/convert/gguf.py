@@ -20,8 +20,8 @@ import struct
 
 import numpy as np
 
-from engine import tpk
-from engine.convert import EOT_TOKENS, MALFORMED, ConvertError, Linear, SrcTensor
+from engine.formats import tpk
+from engine.convert.source import EOT_TOKENS, MALFORMED, ConvertError, Linear, SrcTensor, TensorSet
 
 GGUF_PROJ = {"attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v", "attn.o": "attn_output",
              "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down"}
@@ -133,41 +133,65 @@ def _open(path):
         raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
 
 
-def gguf_source(path):
-    """Same result as convert.hf_source, for a .gguf file."""
-    try:
-        return _gguf_source(path)
-    except MALFORMED as e:  # e.g. a metadata string that is not UTF-8, a count of the wrong type
-        raise ConvertError(f"{path}: malformed GGUF metadata "
-                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+class _File(TensorSet):
+    """One open GGUF file: metadata lookups, and tensors handed out as SrcTensors while the
+    names used are recorded (an unused tensor is an error)."""
 
+    def __init__(self, path):
+        self.path, self.reader = path, _open(path)
+        super().__init__(path, {t.name: t for t in self.reader.tensors})
+        self.arch = self.meta("general.architecture")
+        if self.arch not in ("llama", "bitnet"):
+            raise ConvertError(f"{path}: GGUF architecture {self.arch!r} is not supported (llama, bitnet)")
 
-def _gguf_source(path):
-    import gguf
-    from gguf import GGMLQuantizationType as QT
-
-    reader = _open(path)
-
-    def meta(key, default=None):
-        field = reader.get_field(key)
+    def meta(self, key, default=None):
+        field = self.reader.get_field(key)
         return default if field is None else field.contents()
 
-    arch = meta("general.architecture")
-    if arch not in ("llama", "bitnet"):
-        raise ConvertError(f"{path}: GGUF architecture {arch!r} is not supported (llama, bitnet)")
-    tensors = {t.name: t for t in reader.tensors}
-
-    def need(key):
-        v = meta(f"{arch}.{key}")
+    def need(self, key):
+        v = self.meta(f"{self.arch}.{key}")
         if v is None:
-            raise ConvertError(f"{path}: GGUF metadata {arch}.{key} missing")
+            raise ConvertError(f"{self.path}: GGUF metadata {self.arch}.{key} missing")
         return v
 
-    hidden, layers, heads = int(need("embedding_length")), int(need("block_count")), int(need("attention.head_count"))
+    def src(self, t, row_index=None):
+        """ReaderTensor -> SrcTensor with numpy shape [rows, ...] (ggml's ne reversed)."""
+        import gguf
+        from gguf import GGMLQuantizationType as QT
+
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        qt = QT(t.tensor_type)
+        if qt in (QT.F32, QT.F16, QT.F64):
+            return SrcTensor(t.data.reshape(shape), qt.name, row_index=row_index)
+        if qt == QT.BF16:
+            return SrcTensor(t.data.view(np.uint16).reshape(shape), "BF16", row_index=row_index)
+        try:
+            gguf.quants.dequantize(t.data[:1], qt)
+        except NotImplementedError:
+            raise ConvertError(f"{self.path}: tensor {t.name!r} has type {qt.name}, which the gguf package "
+                               "cannot dequantize") from None
+        return SrcTensor(t.data, "GGML", dequant=lambda raw, qt=qt: gguf.quants.dequantize(raw, qt),
+                         shape=shape, row_index=row_index)
+
+    def vector(self, name):
+        return self.src(self.get(name))
+
+
+def _unpermute(n_rows, n_head):
+    """Row order that undoes convert_hf_to_gguf.py LlamaModel.permute (NeoX halves ->
+    adjacent pairs): gguf row h*D + 2i + j holds HF row h*D + j*D/2 + i."""
+    d = n_rows // n_head
+    return np.arange(n_rows).reshape(n_head, 2, d // 2).swapaxes(1, 2).reshape(-1).argsort()
+
+
+def _config(f: _File) -> dict:
+    """The .tpk config from the GGUF metadata; unsupported variants are refused."""
+    path, arch, meta, tensors = f.path, f.arch, f.meta, f.tensors
+    hidden, layers, heads = int(f.need("embedding_length")), int(f.need("block_count")), int(f.need("attention.head_count"))
     if isinstance(meta(f"{arch}.attention.head_count_kv"), list) or isinstance(meta(f"{arch}.feed_forward_length"), list):
         raise ConvertError(f"{path}: per-layer head counts / FFN sizes are not supported")
     kv_heads = int(meta(f"{arch}.attention.head_count_kv", heads))
-    inter = int(need("feed_forward_length"))
+    inter = int(f.need("feed_forward_length"))
     head_dim = int(meta(f"{arch}.attention.key_length", hidden // heads))
     rope_dim = int(meta(f"{arch}.rope.dimension_count", head_dim))
     if rope_dim != head_dim:
@@ -179,87 +203,81 @@ def _gguf_source(path):
         raise ConvertError(f"{path}: rope_freqs (Llama-3.1 style RoPE scaling) is not supported")
     if "token_embd.weight" not in tensors:
         raise ConvertError(f"{path}: missing tensor 'token_embd.weight'")
-    vocab = int(tensors["token_embd.weight"].shape[1])
-    sub_norms = arch == "bitnet"
-    tied = "output.weight" not in tensors or arch == "bitnet"  # llama.cpp's bitnet graph uses token_embd
-    config = {
+    return {
         "format_version": tpk.FORMAT_VERSION, "architecture": arch,
         "hidden_size": hidden, "intermediate_size": inter, "num_layers": layers, "num_heads": heads,
-        "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
+        "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": int(tensors["token_embd.weight"].shape[1]),
         "max_position": int(meta(f"{arch}.context_length", 2048)),
         "rms_norm_eps": _f32(meta(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         "rope_theta": _f32(meta(f"{arch}.rope.freq_base", 10000.0)), "rope_style": "neox",
-        "hidden_act": "silu", "sub_norms": sub_norms, "tie_word_embeddings": tied,
+        "hidden_act": "silu", "sub_norms": arch == "bitnet",
+        # llama.cpp's bitnet graph uses token_embd as the head
+        "tie_word_embeddings": "output.weight" not in tensors or arch == "bitnet",
         "scale_mode": "mul", "proj_norm_eps": None,
     }
 
-    used = set()
 
-    def get(name):
-        t = tensors.get(name)
-        if t is None:
-            raise ConvertError(f"{path}: missing tensor {name!r}")
-        used.add(name)
-        return t
-
-    def src(t, row_index=None):
-        """ReaderTensor -> SrcTensor with numpy shape [rows, ...] (ggml's ne reversed)."""
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        qt = QT(t.tensor_type)
-        if qt in (QT.F32, QT.F16, QT.F64):
-            return SrcTensor(t.data.reshape(shape), qt.name, row_index=row_index)
-        if qt == QT.BF16:
-            return SrcTensor(t.data.view(np.uint16).reshape(shape), "BF16", row_index=row_index)
-        try:
-            gguf.quants.dequantize(t.data[:1], qt)
-        except NotImplementedError:
-            raise ConvertError(f"{path}: tensor {t.name!r} has type {qt.name}, which the gguf package cannot dequantize") from None
-        return SrcTensor(t.data, "GGML", dequant=lambda raw, qt=qt: gguf.quants.dequantize(raw, qt),
-                         shape=shape, row_index=row_index)
-
-    def unpermute(n_rows, n_head):
-        """Row order that undoes convert_hf_to_gguf.py LlamaModel.permute (NeoX halves ->
-        adjacent pairs): gguf row h*D + 2i + j holds HF row h*D + j*D/2 + i."""
-        d = n_rows // n_head
-        return np.arange(n_rows).reshape(n_head, 2, d // 2).swapaxes(1, 2).reshape(-1).argsort()
+def _linears(f: _File, config: dict) -> tuple[dict, set]:
+    """-> ({prefix: Linear}, the ternary formats the file's weights are stored in)."""
+    from gguf import GGMLQuantizationType as QT
 
     linears, formats = {}, set()
     for prefix, (n, k) in tpk.linear_shapes(config).items():
         i, proj = prefix.split(".", 2)[1], prefix.split(".", 2)[2]
         base = f"blk.{i}.{GGUF_PROJ[proj]}"
-        t = get(f"{base}.weight")
+        t = f.get(f"{base}.weight")
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         if shape != (n, k):
-            raise ConvertError(f"{path}: {base}.weight is {list(shape)}, expected [{n}, {k}]")
+            raise ConvertError(f"{f.path}: {base}.weight is {list(shape)}, expected [{n}, {k}]")
         extra_scale = 1.0
-        if f"{base}.scale" in tensors:
-            extra_scale = float(src(get(f"{base}.scale")).f32().reshape(-1)[0])
+        if f"{base}.scale" in f.tensors:
+            extra_scale = float(f.vector(f"{base}.scale").f32().reshape(-1)[0])
         row_index = None
-        if arch == "llama" and proj in ("attn.q", "attn.k"):
-            row_index = unpermute(n, heads if proj == "attn.q" else kv_heads)
+        if f.arch == "llama" and proj in ("attn.q", "attn.k"):
+            row_index = _unpermute(n, config["num_heads"] if proj == "attn.q" else config["num_kv_heads"])
         qt = QT(t.tensor_type)
         if qt.name in TERNARY_TYPES:
             formats.add(TERNARY_TYPES[qt.name])
-            linears[prefix] = Linear(load_ternary=_tq_loader(src(t, row_index), f"{base}.weight", extra_scale))
+            linears[prefix] = Linear(load_ternary=_tq_loader(f.src(t, row_index), f"{base}.weight", extra_scale))
         else:
             if extra_scale != 1.0:
-                raise ConvertError(f"{path}: {base}.scale on a non-ternary weight is not supported")
-            linears[prefix] = Linear(master=src(t, row_index), exact=True)
+                raise ConvertError(f"{f.path}: {base}.scale on a non-ternary weight is not supported")
+            linears[prefix] = Linear(master=f.src(t, row_index), exact=True)
+    return linears, formats
 
-    vectors = {"embed": src(get("token_embd.weight")), "norm": src(get("output_norm.weight"))}
-    for i in range(layers):
-        vectors[f"layers.{i}.attn_norm"] = src(get(f"blk.{i}.attn_norm.weight"))
-        vectors[f"layers.{i}.ffn_norm"] = src(get(f"blk.{i}.ffn_norm.weight"))
-        if sub_norms:
-            vectors[f"layers.{i}.attn.sub_norm"] = src(get(f"blk.{i}.attn_sub_norm.weight"))
-            vectors[f"layers.{i}.mlp.sub_norm"] = src(get(f"blk.{i}.ffn_sub_norm.weight"))
-    if not tied:
-        vectors["lm_head"] = src(get("output.weight"))
-    extra = sorted(set(tensors) - used - {"output.weight"})
+
+def _vectors(f: _File, config: dict) -> dict:
+    """Embedding, norms (and the head when untied) as SrcTensors."""
+    vectors = {"embed": f.vector("token_embd.weight"), "norm": f.vector("output_norm.weight")}
+    for i in range(config["num_layers"]):
+        vectors[f"layers.{i}.attn_norm"] = f.vector(f"blk.{i}.attn_norm.weight")
+        vectors[f"layers.{i}.ffn_norm"] = f.vector(f"blk.{i}.ffn_norm.weight")
+        if config["sub_norms"]:
+            vectors[f"layers.{i}.attn.sub_norm"] = f.vector(f"blk.{i}.attn_sub_norm.weight")
+            vectors[f"layers.{i}.mlp.sub_norm"] = f.vector(f"blk.{i}.ffn_sub_norm.weight")
+    if not config["tie_word_embeddings"]:
+        vectors["lm_head"] = f.vector("output.weight")
+    return vectors
+
+
+def gguf_source(path):
+    """Same result as convert.hf_source, for a .gguf file."""
+    try:
+        return _gguf_source(path)
+    except MALFORMED as e:  # e.g. a metadata string that is not UTF-8, a count of the wrong type
+        raise ConvertError(f"{path}: malformed GGUF metadata "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _gguf_source(path):
+    f = _File(path)
+    config = _config(f)
+    linears, formats = _linears(f, config)
+    vectors = _vectors(f, config)
+    extra = sorted(set(f.tensors) - f.used - {"output.weight"})
     if extra:
         raise ConvertError(f"{path}: unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-
-    tokenizer = gguf_tokenizer(meta, vocab, path)
+    tokenizer = gguf_tokenizer(f.meta, config["vocab_size"], path)
     default = "t1" if formats == {"t1"} else "t2" if formats else "f16"
     return config, linears, vectors, tokenizer, default
 

@@ -2,7 +2,7 @@
 the trainer's definition (qat.evaluate), to check that the exported model is the
 trained model.
 
-    python -m engine.train.evaltpk model.tpk [--corpus DIR] [--vocab 4096] [--seq-len 256]
+    python -m ternary_train.evaltpk model.tpk [--corpus DIR] [--vocab 4096] [--seq-len 256]
 
 Definition: the token stream of val.txt (tokenizer.encode_file) is cut into
 non-overlapping windows of seq_len tokens (the last one shorter); each window w is

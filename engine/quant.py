@@ -1,4 +1,8 @@
-"""Q4 lm_head: 4-bit weights in groups of 128 with int sub-scales and one float per row.
+"""The quantizers, one per format: ternary absmean (the linears), per-row int8 and Q4 (the
+lm_head). The converter and the synthetic-model generator both call these, so a file made
+either way holds the same bytes for the same weights.
+
+Q4 lm_head: 4-bit weights in groups of 128 with int sub-scales and one float per row.
 
 Layout (csrc/ternary.h, "Q4 lm_head"): w[n, k] ~= row_scale[n] * sub[n, g] * (u[n, k] - 8) with
 g = k // 128 and u in 0..15; packed [N, 64 G] holds byte j of group g = u[128g + j] | u[128g + 64 + j] << 4;
@@ -72,3 +76,47 @@ def dequantize(packed: np.ndarray, sub: np.ndarray, row_scale: np.ndarray, k: in
     u = np.concatenate([b & 15, b >> 4], axis=2).astype(np.float32) - 8.0   # (n, G, 128)
     w = u * sub[:, :, None].astype(np.float32) * row_scale[:, None, None]
     return w.reshape(n, g * GROUP)[:, :k]
+
+
+# ---------------------------------------------------------------------------------------------
+# ternary linears and the int8 / q4 heads, applied a chunk of rows at a time
+
+
+def ternary_inv_scale(mean_abs: float) -> np.float32:
+    """s = 1 / max(mean|W|, 1e-5) in float32, as transformers WeightQuant (integrations/bitnet.py)
+    and 1bitLLM's weight_quant; the stored scale is 1 / s."""
+    return np.float32(1.0) / np.float32(max(mean_abs, 1e-5))
+
+
+def ternarize_rows(x: np.ndarray, inv_scale: np.float32) -> np.ndarray:
+    """f32 rows -> int8 {-1, 0, 1}: clamp(rint(W * s), -1, 1)."""
+    return np.clip(np.rint(x * inv_scale), -1, 1).astype(np.int8)
+
+
+def int8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """f32 [n, k] -> (int8 [n, k], f32 [n]): per-row absmax, w ~ q * scale[row] (a zero row gets
+    scale 1.0); the int8 lm_head kernel computes (x @ q.T) * scale."""
+    amax = np.abs(x).max(axis=1)
+    s = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    return np.clip(np.rint(x / s[:, None]), -127, 127).astype(np.int8), s
+
+
+HEAD_TENSORS = {"int8": ("lm_head.weight", "lm_head.scale"),
+                "q4": ("lm_head.weight", "lm_head.sub", "lm_head.scale")}
+
+
+def head_tensors(fmt: str, shape: tuple[int, int], chunks) -> dict:
+    """The lm_head tensors of format fmt ("int8" | "q4") of a [vocab, hidden] matrix given as
+    chunks: (row slice, f32 rows) pairs, so a big head is never one float32 copy."""
+    n, k = shape
+    if fmt == "int8":
+        out = (np.empty((n, k), np.int8), np.empty(n, np.float32))
+        quantize_chunk = int8_rows
+    else:
+        g = groups(k)
+        out = (np.empty((n, g * GROUP // 2), np.uint8), np.empty((n, g), np.int16), np.empty(n, np.float32))
+        quantize_chunk = quantize
+    for rows, x in chunks:
+        for dst, part in zip(out, quantize_chunk(x)):
+            dst[rows] = part
+    return dict(zip(HEAD_TENSORS[fmt], out))

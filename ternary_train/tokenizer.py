@@ -1,6 +1,6 @@
 """Train the SentencePiece tokenizer on the corpus, and tokenize the corpus once.
 
-    python -m engine.train.tokenizer --corpus ~/.cache/ternary-engine/corpus --vocab 4096
+    python -m ternary_train.tokenizer --corpus ~/.cache/ternary-engine/corpus --vocab 4096
 
 Writes ``tok{vocab}.model`` next to the corpus, plus ``tok{vocab}.train.npy`` and
 ``tok{vocab}.val.npy`` (uint16 token streams, loaded with mmap by the trainer).

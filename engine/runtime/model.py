@@ -24,7 +24,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from engine import kernels as K
-from engine.kvcache import KVCache
+from engine.formats import tpk as tpk_module
+from engine.runtime.kvcache import KVCache
 
 DEFAULT_CTX = 4096     # when neither ctx nor a smaller max_position is given
 PREFILL_CHUNK = 256    # prompt tokens per batched pass: bounds activation memory
@@ -55,7 +56,7 @@ class ModelArgs:
                 c["num_heads"], c["num_kv_heads"], c["head_dim"], c["vocab_size"], c["max_position"],
                 float(c["rms_norm_eps"]), float(c["rope_theta"]), c["hidden_act"], bool(c["sub_norms"]),
                 c["weight_format"], c.get("scale_mode", "mul"), c.get("proj_norm_eps"))
-        if a.hidden_act not in ("relu2", "silu") or a.weight_format not in ("t2", "t1", "f16"):
+        if a.hidden_act not in ("relu2", "silu") or a.weight_format not in tpk_module.WEIGHT_FORMATS:
             raise ValueError(f"unsupported hidden_act {a.hidden_act!r} / weight_format {a.weight_format!r}")
         if a.n_heads % a.n_kv_heads or a.head_dim % 2 or c.get("rope_style", "neox") != "neox":
             raise ValueError("need num_heads % num_kv_heads == 0, even head_dim and rope_style 'neox'")
@@ -123,7 +124,7 @@ def rows(b: SimpleNamespace, t: int) -> SimpleNamespace:
 def head_linear(t: dict, embed: np.ndarray):
     """The lm_head as fn(x f32 [T, dim], out f32 [T, vocab]), by the tensors the file holds."""
     w = t.get("lm_head.weight")
-    if "lm_head.sub" in t:                                  # q4: engine/q4.py
+    if "lm_head.sub" in t:                                  # q4: engine/quant.py
         sub, scale = t["lm_head.sub"], t["lm_head.scale"]
         return lambda x, out: K.q4_linear(w, sub, scale, x, out=out)
     if "lm_head.scale" in t:                                # int8, one scale per row
@@ -139,7 +140,6 @@ def head_linear(t: dict, embed: np.ndarray):
 class Model:
     def __init__(self, tpk, threads: int | None = None, ctx: int | None = None):
         if isinstance(tpk, (str, os.PathLike)):
-            from engine import tpk as tpk_module
             tpk = tpk_module.read(tpk)
         self.tpk = tpk
         t = tpk.tensors
@@ -182,8 +182,9 @@ class Model:
         K.ternary_linear_fused(a.weight_format, [lin.weight for lin in linears], linears[0].k, q, s,
                                [lin.scale for lin in linears], self.divide, outs=list(outs))
 
-    def _layers(self, b, t: int, cos, sin, spans) -> None:
-        """All layers over the first t rows of the buffers b. cos/sin: f32 [t, D/2], each row's
+    def run_layers(self, b, t: int, cos, sin, spans) -> None:
+        """All layers over the first t rows of the buffers b (make_buffers / rows). Public: the
+        second driver of the model, Batch, runs its rows through it. cos/sin: f32 [t, D/2], each row's
         own position. spans: (cache, r0, r1, pos): rows r0..r1 are one sequence's tokens at
         positions pos.. in that KVCache (one span for a plain pass; one per request in a batch)."""
         a = self.args
@@ -204,7 +205,7 @@ class Model:
 
     def _pass(self, b, pos: int, t: int) -> None:
         """One sequence's tokens at positions pos .. pos + t - 1 through all layers."""
-        self._layers(b, t, self.cos[pos:pos + t], self.sin[pos:pos + t], ((self.cache, 0, t, pos),))
+        self.run_layers(b, t, self.cos[pos:pos + t], self.sin[pos:pos + t], ((self.cache, 0, t, pos),))
 
     def _mlp(self, L: Layer, b) -> None:
         """b.h += down(sub_norm(act(gate(n)) * up(n))), n = ffn_norm(b.h); act relu^2 or silu."""
@@ -222,8 +223,8 @@ class Model:
         self._project(b.gate, L.mlp_sub_norm, (L.down,), (b.o,), b)
         b.h += b.o
 
-    def _head(self, h, out, b) -> None:
-        """out f32 [T, vocab] = lm_head(rmsnorm(h)), h f32 [T, dim]."""
+    def head(self, h, out, b) -> None:
+        """out f32 [T, vocab] = lm_head(rmsnorm(h)), h f32 [T, dim]; b: buffers (make_buffers)."""
         x = K.rmsnorm(h, self.norm, self.args.norm_eps, out=b.norm[self.args.dim][:h.shape[0]])
         self.head_linear(x, out)
 
@@ -238,7 +239,7 @@ class Model:
         b.h[0] = self.embed[token]
         with np.errstate(over="ignore"):
             self._pass(b, pos, 1)
-        self._head(b.h, self.logits1, b)
+        self.head(b.h, self.logits1, b)
         return self.logits1[0]
 
     def forward(self, ids, start_pos: int = 0, last_only: bool = False) -> np.ndarray:
@@ -267,7 +268,7 @@ class Model:
             with np.errstate(over="ignore"):
                 self._pass(b, start_pos + c0, c1 - c0)
             if not last_only:
-                self._head(b.h, logits[c0:c1], b)
+                self.head(b.h, logits[c0:c1], b)
             elif c1 == t:
-                self._head(b.h[-1:], logits, b)
+                self.head(b.h[-1:], logits, b)
         return logits

@@ -7,7 +7,7 @@
 
 What one run does, per model:
 1. Makes (or finds in the cache) the model in every format asked for: synthetic shapes come from
-   engine.synthetic; a real .tpk gets siblings via synthetic.variant (repacked / dequantized).
+   ternary_bench.synthetic; a real .tpk gets siblings via synthetic.variant (repacked / dequantized).
 2. Starts one worker process per format (so each has its own peak RSS and no model's pages
    count against another), opens the model there, and validates before anything is timed:
    - kernels: for every distinct linear shape of the model (and the lm_head) one GEMV (M=1),
@@ -66,6 +66,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.formats import tpk
+
 DRAM_MB = 256                   # bandwidth buffer: 8x this machine's 32 MB L3
 VALIDATE_GEMM_M = 19            # odd: exercises the GEMM kernels' row-tile remainders
 VALIDATE_SLICE_ROWS = 128       # rows checked at the largest prefill length
@@ -105,7 +107,7 @@ def peak_rss_bytes() -> int:
 
 def weight_stats(t, config) -> dict:
     """Bytes a decode step reads and bits per linear weight, from a Tpk's tensors."""
-    from engine import tpk
+    from engine.formats import tpk
     shapes = tpk.linear_shapes(config)
     n_weights = sum(n * k for n, k in shapes.values())
     lin = sum(t[f"{p}.weight"].nbytes + (t[f"{p}.scale"].nbytes if f"{p}.scale" in t else 0)
@@ -148,7 +150,8 @@ def _abs_product(x, w, row_scale=None, rows_per_chunk=8192):
 def validate_kernels(t, config, m_large: int, threads: int, seed: int = 0) -> dict:
     """Run the model's distinct linear shapes with the active ISA and with 'ref'; raise
     BenchError on a mismatch. Returns {"isa", "checked": ["NxK@M", ...], "max_rel_err"}."""
-    from engine import kernels, tpk
+    from engine import kernels
+    from engine.formats import tpk
     fmt = config["weight_format"]
     active = kernels.active_isa()
     rng = np.random.default_rng(seed)
@@ -263,8 +266,8 @@ class Runner:
     """Holds one opened model; every method returns plain data (it runs in a worker process)."""
 
     def __init__(self, path: str, ctx: int, seed: int = 0):
-        from engine import tpk
-        from engine.model import Model
+        from engine.formats import tpk
+        from engine.runtime.model import Model
         t0 = time.perf_counter()
         self.tpk = tpk.read(path)
         self.model = Model(self.tpk, ctx=ctx)
@@ -395,7 +398,7 @@ class Worker:
         root = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
         env["PYTHONPATH"] = os.pathsep.join([root] + [x for x in [env.get("PYTHONPATH")] if x])
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from engine.bench import _worker_stdio; _worker_stdio()"],
+            [sys.executable, "-c", "from ternary_bench.bench import _worker_stdio; _worker_stdio()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self._send((path, ctx))
         self.opened = False
@@ -474,7 +477,7 @@ def write_gguf(tpk_path: str, out: str) -> str:
     """
     import gguf
 
-    from engine import tpk
+    from engine.formats import tpk
     m = tpk.read(tpk_path)
     c, t = m.config, m.tensors
     if c["weight_format"] != "f16" or c["lm_head_format"] != "f16":
@@ -544,7 +547,7 @@ def gguf_bytes_per_token(path: str) -> tuple[int, int, float]:
 
 def llama_cpp_models(f16_tpk: str, quantize: str, label: str) -> dict:
     """{format label: GGUF path}: F16 from the .tpk, TQ2_0 and TQ1_0 by llama-quantize (cached)."""
-    from engine import synthetic
+    from ternary_bench import synthetic
     root = os.path.join(os.path.dirname(synthetic.cache_dir()), "gguf")
     base = os.path.join(root, f"{label}-f16.gguf")
     if not os.path.exists(base) or os.path.getmtime(base) < os.path.getmtime(f16_tpk):
@@ -615,8 +618,8 @@ def resolve_models(args) -> list[tuple[str, str, str]]:
     formats = _split(args.formats, str)
     heads = _split(args.lm_head, str)
     for f in formats:
-        if f not in ("t2", "t1", "f16"):
-            raise BenchError(f"unknown format {f!r} (expected t2, t1, f16)")
+        if f not in tpk.WEIGHT_FORMATS:
+            raise BenchError(f"unknown format {f!r} (expected {', '.join(tpk.WEIGHT_FORMATS)})")
     for h in heads:
         if h not in HEAD_TAGS:
             raise BenchError(f"unknown --lm-head {h!r} (expected {', '.join(HEAD_TAGS)})")
@@ -636,7 +639,8 @@ def _split(s: str, kind):
 
 
 def prepare(args, say) -> list[ModelRun]:
-    from engine import synthetic, tpk
+    from ternary_bench import synthetic
+    from engine.formats import tpk
     combos = resolve_models(args)
     runs = []
     if args.model:
@@ -863,7 +867,7 @@ def targets(rows: list[dict], tg) -> list[str]:
     for model, rs in by_model.items():
         top = max(r["threads"] for r in rs)
         at = [r for r in rs if r["threads"] == top and r["engine"] == "ours" and r.get(key)]
-        tern = [r for r in at if r["weight_format"] in ("t2", "t1")]
+        tern = [r for r in at if r["weight_format"] in tpk.TERNARY_FORMATS]
         if model == "bitnet-2b" and tern:
             best = max(tern, key=lambda r: r.get("speedup_tg") or 0)
             if best.get("speedup_tg"):
@@ -1041,7 +1045,7 @@ def _main(argv=None) -> int:
             raise BenchError("llama-quantize not found: pass --llama-quantize PATH")
     runs = prepare(args, say)
     if args.llama_bench:
-        from engine import synthetic
+        from ternary_bench import synthetic
         for mr in runs:
             f16 = next((v for v in mr.variants if v.label == "f16"), None)
             src = f16.path if f16 else synthetic.variant(mr.variants[0].path, "f16", "f16")

@@ -1,6 +1,6 @@
 """Rebuild the English prose training corpus from Debian packages.
 
-    python -m engine.train.corpus --out ~/.cache/ternary-engine/corpus
+    python -m ternary_train.corpus --out ~/.cache/ternary-engine/corpus
 
 Downloads (``apt-get download``, no installation) and unpacks (``dpkg-deb -x``):
 
@@ -93,6 +93,46 @@ class RUnserializer:
         self.header()
         return self.item()
 
+    def pairlist(self, t, has_attr, has_tag):
+        """LISTSXP / LANGSXP pairlist cells, read iteratively along the CDR chain."""
+        out = {}
+        items = []
+        while True:
+            attr = self.item() if (has_attr or t in (self.ATTRLISTSXP, self.ATTRLANGSXP)) else None
+            tag = self.item() if has_tag else None
+            car = self.item()
+            key = tag[1] if isinstance(tag, tuple) and tag and tag[0] == "sym" else None
+            items.append((key, car))
+            del attr
+            # CDR: continue iteratively while it is another pairlist cell
+            flags = self.int()
+            t = flags & 0xFF
+            has_attr = bool(flags & (1 << 9))
+            has_tag = bool(flags & (1 << 10))
+            if t == self.NILVALUE:
+                break
+            if t not in (2, 6, self.ATTRLISTSXP, self.ATTRLANGSXP):
+                self.p -= 4
+                items.append((None, self.item()))
+                break
+        for k, v in items:
+            out[k if k is not None else len(out)] = v
+        return ("pairlist", out)
+
+    def altrep(self):
+        """An ALTREP object: compact integer sequences expanded, wrappers unwrapped."""
+        info = self.item()
+        state = self.item()
+        attr = self.item()
+        del attr
+        cls = info[1][0][1] if isinstance(info, tuple) else None
+        if cls == "compact_intseq":
+            n, start, step = (int(x) for x in state)
+            return list(range(start, start + n * step, step))
+        if cls in ("wrap_string", "wrap_integer", "wrap_real", "wrap_logical"):
+            return state[1][0] if isinstance(state, tuple) else state[0]
+        return state
+
     def item(self):
         flags = self.int()
         t = flags & 0xFF
@@ -115,29 +155,7 @@ class RUnserializer:
             self.refs.append(sym)
             return sym
         if t in (2, 6, self.ATTRLISTSXP, self.ATTRLANGSXP):  # LISTSXP / LANGSXP pairlists
-            out = {}
-            items = []
-            while True:
-                attr = self.item() if (has_attr or t in (self.ATTRLISTSXP, self.ATTRLANGSXP)) else None
-                tag = self.item() if has_tag else None
-                car = self.item()
-                key = tag[1] if isinstance(tag, tuple) and tag and tag[0] == "sym" else None
-                items.append((key, car))
-                del attr
-                # CDR: continue iteratively while it is another pairlist cell
-                flags = self.int()
-                t = flags & 0xFF
-                has_attr = bool(flags & (1 << 9))
-                has_tag = bool(flags & (1 << 10))
-                if t == self.NILVALUE:
-                    break
-                if t not in (2, 6, self.ATTRLISTSXP, self.ATTRLANGSXP):
-                    self.p -= 4
-                    items.append((None, self.item()))
-                    break
-            for k, v in items:
-                out[k if k is not None else len(out)] = v
-            return ("pairlist", out)
+            return self.pairlist(t, has_attr, has_tag)
         if t == 9:  # CHARSXP
             n = self.int()
             if n == -1:
@@ -167,17 +185,7 @@ class RUnserializer:
             value = self.d[self.p:self.p + n]
             self.p += n
         elif t == self.ALTREP:
-            info = self.item()
-            state = self.item()
-            attr = self.item()
-            del attr
-            cls = info[1][0][1] if isinstance(info, tuple) else None
-            if cls == "compact_intseq":
-                n, start, step = (int(x) for x in state)
-                return list(range(start, start + n * step, step))
-            if cls in ("wrap_string", "wrap_integer", "wrap_real", "wrap_logical"):
-                return state[1][0] if isinstance(state, tuple) else state[0]
-            return state
+            return self.altrep()
         else:
             raise ValueError(f"unsupported R SEXP type {t} at byte {self.p - 4}")
         if has_attr:

@@ -34,11 +34,13 @@ import zlib
 
 import numpy as np
 
-from engine import kernels, q4, tpk
+from engine import kernels, quant as q4
+from engine.convert.source import SrcTensor, ternarize
+from engine.formats import tpk
 
-GENERATOR_VERSION = 1
-FORMATS = ("t2", "t1", "f16")
-LM_HEADS = ("f16", "int8", "q4")
+GENERATOR_VERSION = 2  # 2: the converter's absmean / int8 quantizers (engine/quant.py)
+FORMATS = tpk.WEIGHT_FORMATS
+LM_HEADS = tpk.LM_HEAD_FORMATS
 
 _COMMON = dict(rms_norm_eps=1e-5, rope_style="neox", hidden_act="relu2", sub_norms=True,
                scale_mode="mul", proj_norm_eps=None, architecture="bitnet")
@@ -143,22 +145,9 @@ def dequantize(w: np.ndarray, scale: float, mode: str = "mul") -> np.ndarray:
 
 
 def quantize_absmean(w: np.ndarray) -> tuple[np.ndarray, float]:
-    """f16/f32 [n, k] -> (int8 ternary, scale = mean|W|), as BitNet b1.58 quantizes."""
-    scale = float(max(np.abs(w, dtype=np.float32).mean(dtype=np.float64), 1e-5))
-    q = np.clip(np.rint(w.astype(np.float32) / np.float32(scale)), -1, 1).astype(np.int8)
-    return q, scale
-
-
-def quantize_int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """f16 [V, H] -> (int8 [V, H], f32 [V] scales) with w ~= q * scale per row (absmax)."""
-    q = np.empty(w.shape, np.int8)
-    scale = np.empty(w.shape[0], np.float32)
-    for r0 in range(0, w.shape[0], _ROWS_PER_CHUNK):
-        rows = w[r0:r0 + _ROWS_PER_CHUNK].astype(np.float32)
-        s = np.maximum(np.abs(rows).max(axis=1), 1e-8) / 127.0
-        q[r0:r0 + len(rows)] = np.clip(np.rint(rows / s[:, None]), -127, 127)
-        scale[r0:r0 + len(rows)] = s
-    return q, scale
+    """f16/f32 [n, k] -> (int8 ternary, scale ~ mean|W|): ternary-convert's absmean quantizer."""
+    q, scale = ternarize(SrcTensor(w, "F16" if w.dtype == np.float16 else "F32"), "absmean")
+    return q, float(scale)
 
 
 def _embedding(seed: int, vocab: int, hidden: int) -> np.ndarray:
@@ -180,11 +169,10 @@ def _linear_tensors(prefix: str, w: np.ndarray, scale: float, fmt: str, mode: st
 
 def _head_tensors(head: np.ndarray, lm_head: str, tied: bool):
     """lm_head tensors from the f16 head matrix [vocab, hidden]."""
-    if lm_head == "int8":
-        q, scale = quantize_int8_rows(head)
-        return {"lm_head.weight": q, "lm_head.scale": scale}
-    if lm_head == "q4":
-        return dict(zip(("lm_head.weight", "lm_head.sub", "lm_head.scale"), q4.quantize(head)))
+    if lm_head in q4.HEAD_TENSORS:  # ternary-convert's quantizers (engine/quant.py)
+        chunks = ((slice(r, r + _ROWS_PER_CHUNK), head[r:r + _ROWS_PER_CHUNK].astype(np.float32))
+                  for r in range(0, head.shape[0], _ROWS_PER_CHUNK))
+        return q4.head_tensors(lm_head, head.shape, chunks)
     return {} if tied else {"lm_head.weight": head}
 
 
@@ -347,7 +335,7 @@ def variant(src: str, fmt: str, lm_head: str | None = None) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.synthetic",
+    p = argparse.ArgumentParser(prog="python -m ternary_bench.synthetic",
                                 description="Make (or find) the cached synthetic .tpk models.")
     p.add_argument("shape", choices=sorted(SHAPES))
     p.add_argument("--formats", default="t2,t1,f16")

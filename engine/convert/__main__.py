@@ -1,0 +1,5 @@
+import sys
+
+from engine.convert import main
+
+sys.exit(main())

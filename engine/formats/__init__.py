@@ -1,0 +1,1 @@
+"""File formats: .tpk (safetensors container + schema). Readers know no model."""

@@ -1,0 +1,1 @@
+"""ternary-serve: OpenAI-compatible HTTP server over continuous batching (engine.runtime.batch)."""

@@ -1,0 +1,1 @@
+"""ternary-bench: benchmark harness and synthetic model generator (outside the runtime)."""
