@@ -1,5 +1,6 @@
 """Thin shim: setuptools hands the build of engine._kernels to CMake (pybind11 cmake_example style)."""
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,11 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={cfg}",
         ]
+        # Extra CMake arguments from the environment (cmake_example / scikit-build convention),
+        # e.g. CMAKE_ARGS="-DTERNARY_SANITIZE=ON" for the sanitized CI build.
+        # The build directory is reused between builds and CMake caches options, so say OFF
+        # explicitly: a plain build after a sanitized one must not stay sanitized.
+        cmake_args += ["-DTERNARY_SANITIZE=OFF", *shlex.split(os.environ.get("CMAKE_ARGS", ""))]
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
         subprocess.run(["cmake", ext.sourcedir, *cmake_args], cwd=build_temp, check=True)
         subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_temp, check=True)

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -54,6 +55,11 @@ void check(const py::array& a, const char* name, std::vector<int64_t> dims, bool
     }
     if (!(a.flags() & py::array::c_style))
         throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+    // The kernels read and write through typed pointers: a view at an odd byte offset (e.g.
+    // np.frombuffer(..., offset=1)) would be a misaligned access, undefined behaviour.
+    if (reinterpret_cast<uintptr_t>(a.data()) % sizeof(T))
+        throw py::value_error(std::string(name) + ": expected an aligned array (data address not a multiple of " +
+                              std::to_string(sizeof(T)) + " bytes); pass a copy");
     if (writable && !a.writeable())
         throw py::value_error(std::string(name) + ": expected a writable array");
 }

@@ -35,7 +35,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from engine import Engine
     eng = Engine(str(args.tpk))
-    stream = np.load(args.corpus.expanduser() / f"tok{args.vocab}.val.npy", mmap_mode="r")
+    stream = np.load(args.corpus.expanduser() / f"tok{args.vocab}.val.npy", mmap_mode="r", allow_pickle=False)
     nll, n = engine_nll(eng, stream, args.seq_len, args.bos)
     out = {"tpk": str(args.tpk), "val_tokens": n, "val_loss": nll, "val_ppl": math.exp(nll)}
     if args.final_json is not None:

@@ -451,12 +451,17 @@ def export_tpk(hf_dir: Path, out: Path) -> Path | None:
 # training
 
 def _rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # numpy's state as plain Python values: checkpoints load with torch.load(weights_only=True),
+    # whose unpickler admits tensors and builtins only (no code runs from a checkpoint file).
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (name, keys.tolist(), int(pos), int(has_gauss), float(cached))}
 
 
 def _set_rng_state(s):
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate(s["python"])
 
 
@@ -470,7 +475,7 @@ def save_checkpoint(path: Path, model, opt, step, tokens, elapsed, mc, tc, extra
 
 
 def load_model(ckpt_path: Path) -> BitNetLM:
-    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     model = BitNetLM(ModelConfig(**ck["model_config"]))
     model.load_state_dict(ck["model"])
     return model
@@ -483,7 +488,7 @@ def corpus_streams(corpus: Path, vocab: int):
     if not (tok.exists() and tr.exists() and va.exists()):
         raise SystemExit(f"missing {tok} or its token streams: run "
                          f"python -m ternary_train.corpus and python -m ternary_train.tokenizer --vocab {vocab}")
-    return tok, np.load(tr, mmap_mode="r"), np.load(va, mmap_mode="r")
+    return tok, np.load(tr, mmap_mode="r", allow_pickle=False), np.load(va, mmap_mode="r", allow_pickle=False)
 
 
 def _start_or_resume(ckpt, csv_path, model, opt, mc, tc, resume, log):
@@ -491,7 +496,7 @@ def _start_or_resume(ckpt, csv_path, model, opt, mc, tc, resume, log):
     to the checkpoint), else zero with a fresh CSV; an existing ckpt without resume is refused."""
     step, tokens, elapsed = 0, 0, 0.0
     if resume and ckpt.exists():
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        ck = torch.load(ckpt, map_location="cpu", weights_only=True)
         if ck["model_config"] != dataclasses.asdict(mc) or ck["train_config"] != dataclasses.asdict(tc):
             raise SystemExit(f"{ckpt} was written with another config; use another --out")
         model.load_state_dict(ck["model"])

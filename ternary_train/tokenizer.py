@@ -101,7 +101,7 @@ def main(argv=None):
                             threads=args.threads)
     outs = tokenize_corpus(corpus, model)
     for split, p in outs.items():
-        ids = np.load(p, mmap_mode="r")
+        ids = np.load(p, mmap_mode="r", allow_pickle=False)
         nbytes = (corpus / f"{split}.txt").stat().st_size
         print(f"{split}: {len(ids)} tokens, {nbytes / len(ids):.2f} bytes/token -> {p}")
     return 0

@@ -21,9 +21,15 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [_engine_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 
-@pytest.fixture(params=kernels.available_isas())
+# TERNARY_ISA=x narrows the per-ISA tests to x (as it selects x for everything else): .ci/run's
+# sanitizer stage runs the kernel tests once per ISA that way.
+_ISAS = [os.environ["TERNARY_ISA"]] if os.environ.get("TERNARY_ISA") else kernels.available_isas()
+
+
+@pytest.fixture(params=_ISAS)
 def isa(request):
-    """Runs the test once per ISA this CPU has; restores the ISA and thread count after."""
+    """Runs the test once per ISA this CPU has (or only TERNARY_ISA's); restores the ISA and
+    thread count after."""
     before, threads = kernels.active_isa(), kernels.threads()
     kernels.set_isa(request.param)
     yield request.param

@@ -47,7 +47,7 @@ from engine import quant
 from engine.formats import tpk
 from engine.convert import gguf
 from engine.formats.tpk import TpkError
-from engine.convert.source import (EOT_TOKENS, ConvertError, Linear, SrcTensor,  # noqa: F401
+from engine.convert.source import (EOT_TOKENS, MALFORMED, ConvertError, Linear, SrcTensor,  # noqa: F401
                                    TensorSet, exact_ternary, ternarize, unpack_hf)
 
 DEFAULT_THETA = {"bitnet": 500000.0, "llama": 10000.0}
@@ -356,6 +356,14 @@ def _hf_vectors(src, ck, config, sub_names) -> dict:
 def hf_source(src):
     """-> (config without formats, {prefix: Linear}, {tpk name: SrcTensor} of norms, embed and
     lm_head, (tokenizer config, bytes), default weight format)."""
+    try:
+        return _hf_source(src)
+    except MALFORMED as e:
+        raise ConvertError(f"{src}: malformed config.json or tokenizer files "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _hf_source(src):
     ck = HFCheckpoint(src)
     config, sub_names, how = _hf_config(src, ck.cfg, ck)
     linears = _hf_linears(ck, config, how)
@@ -505,6 +513,7 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
 
     fmt = "f16" if dtype == "f16" else weights or default_weights
     tok_config, tok_bytes = tokenizer
+    _check_tokenizer(src, tok_config, tok_bytes)
     config.update({"weight_format": fmt, "lm_head_format": lm_head, "tokenizer": tok_config})
     modes = {lin.scale_mode for lin in linears.values() if lin.load_ternary is not None}
     if len(modes) > 1:
@@ -521,6 +530,18 @@ def convert(src, out, weights=None, lm_head="f16", scale="absmean", dtype=None, 
     _write(src, out, config, specs, _producer(linears, vectors, tok_bytes, fmt, lm_head, scale,
                                                 embed_dtype == "F32"), progress)
     return config
+
+
+def _check_tokenizer(src, tok_config, tok_bytes):
+    """Load the tokenizer the .tpk will hold, as the engine will: a file Python's json module
+    reads can still be one the tokenizers library refuses (or one that fails on every text),
+    and that must be a conversion error, not a .tpk the engine then rejects."""
+    from engine.runtime.tokenizer import Tokenizer, TokenizerError
+
+    try:
+        Tokenizer.from_bytes(tok_config["type"], tok_bytes, tok_config)
+    except TokenizerError as e:
+        raise ConvertError(f"{src}: tokenizer: {e}") from None
 
 
 def _linear(prefix, lin, fmt, scale_method, kernels):

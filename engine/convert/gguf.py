@@ -16,12 +16,13 @@ written here; "gpt2" (byte-level BPE) -> a tokenizer.json built with `tokenizers
 """
 import json
 import math
+import os
 import struct
 
 import numpy as np
 
 from engine.formats import tpk
-from engine.convert.source import EOT_TOKENS, ConvertError, Linear, SrcTensor, TensorSet
+from engine.convert.source import EOT_TOKENS, MALFORMED, ConvertError, Linear, SrcTensor, TensorSet
 
 GGUF_PROJ = {"attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v", "attn.o": "attn_output",
              "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down"}
@@ -37,9 +38,96 @@ LLAMA3_PRE = ("llama3", "llama-v3", "llama-bpe", "falcon3")
 GPT2_PRE = ("gpt-2",)
 
 
+# GGUF value types (gguf GGUFValueType) -> bytes per value; string and array are variable.
+_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+_MIN_SIZE = {**_FIXED, _STRING: 8, _ARRAY: 12}  # the least bytes one value of a type can take
+_MAX_DIMS = 8  # llama.cpp GGML_MAX_DIMS is 4
+
+
+def _precheck(path):
+    """Walk the GGUF header (key/values, tensor infos) checking every count and length against
+    the bytes left in the file, before the gguf package reads it: that reader trusts the counts
+    and loops over them in Python, so a 3 KB file claiming 2**64 tensors hangs it and grows
+    its memory without bound. Raises ConvertError; returns nothing for a sound header."""
+    import mmap
+
+    def bad(what):
+        return ConvertError(f"{path}: not a readable GGUF file ({what})")
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 24:
+            raise bad(f"{size} bytes, too short for a header")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        if buf[:4] != b"GGUF":
+            raise bad("GGUF magic invalid")
+        end = "<" if struct.unpack_from("<I", buf, 4)[0] & 0xFFFF else ">"  # byte-swapped file
+        pos = 8
+
+        def take(fmt):
+            nonlocal pos
+            n = struct.calcsize(fmt)
+            if pos + n > size:
+                raise bad(f"truncated header at byte {pos}")
+            v = struct.unpack_from(end + fmt, buf, pos)
+            pos += n
+            return v[0] if len(v) == 1 else v
+
+        def count(n, each, what):
+            if n * each > size - pos:
+                raise bad(f"{what}: {n} entries cannot fit in the {size - pos} bytes left")
+            return n
+
+        def string(what):
+            nonlocal pos
+            n = count(take("Q"), 1, what)
+            pos += n
+
+        def value(vtype, what, depth=0):
+            nonlocal pos
+            if vtype in _FIXED:
+                count(1, _FIXED[vtype], what)
+                pos += _FIXED[vtype]
+            elif vtype == _STRING:
+                string(what)
+            elif vtype == _ARRAY and depth < 2:
+                etype, n = take("I"), take("Q")
+                if etype not in _MIN_SIZE:
+                    raise bad(f"{what}: unknown array element type {etype}")
+                count(n, _MIN_SIZE[etype], what)
+                if etype in _FIXED:
+                    pos += n * _FIXED[etype]
+                else:
+                    for _ in range(n):
+                        value(etype, what, depth + 1)
+            else:
+                raise bad(f"{what}: unknown or too deeply nested value type {vtype}")
+
+        n_tensors, n_kv = take("Q"), take("Q")
+        count(n_kv, 8 + 4 + 1, "key/value count")
+        for i in range(n_kv):
+            string(f"key {i}")
+            value(take("I"), f"key {i}")
+        count(n_tensors, 8 + 4 + 4 + 8, "tensor count")
+        for i in range(n_tensors):
+            string(f"tensor {i} name")
+            dims = take("I")
+            if dims > _MAX_DIMS:
+                raise bad(f"tensor {i}: {dims} dimensions")
+            count(dims, 8, f"tensor {i} shape")
+            pos += 8 * dims + 4 + 8
+            if pos > size:
+                raise bad(f"truncated tensor info {i}")
+    finally:
+        buf.close()
+
+
 def _open(path):
     import gguf
 
+    _precheck(path)
     try:
         return gguf.GGUFReader(path)
     except (ValueError, OSError, IndexError, KeyError, struct.error) as e:
@@ -205,6 +293,14 @@ def _vectors(f: _File, config: dict) -> dict:
 
 def gguf_source(path):
     """Same result as convert.hf_source, for a .gguf file."""
+    try:
+        return _gguf_source(path)
+    except MALFORMED as e:  # e.g. a metadata string that is not UTF-8, a count of the wrong type
+        raise ConvertError(f"{path}: malformed GGUF metadata "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _gguf_source(path):
     f = _File(path)
     config = _config(f)
     linears, formats = _linears(f, config)
@@ -334,11 +430,18 @@ def bpe_tokenizer_json(tokens, merges, types, pre, path):
     for i, tok in enumerate(tokens):
         vocab.setdefault(tok, i)
     pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
-    tk.pre_tokenizer = pre_tok
-    tk.decoder = decoders.ByteLevel()
-    special = [AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == CONTROL]
-    user = [AddedToken(tokens[i], special=False, normalized=False) for i, t in enumerate(types) if t == USER_DEFINED]
-    tk.add_special_tokens(special)
-    tk.add_tokens(user)
-    return json.dumps(json.loads(tk.to_str()), ensure_ascii=False).encode("utf-8")
+    try:  # tokenizers raises a bare Exception (or panics) on e.g. a merge of unknown tokens
+        tk = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
+        tk.pre_tokenizer = pre_tok
+        tk.decoder = decoders.ByteLevel()
+        special = [AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == CONTROL]
+        user = [AddedToken(tokens[i], special=False, normalized=False) for i, t in enumerate(types) if t == USER_DEFINED]
+        tk.add_special_tokens(special)
+        tk.add_tokens(user)
+        text = tk.to_str()
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise ConvertError(f"{path}: the GGUF vocabulary and merges do not make a BPE tokenizer: "
+                           f"{' '.join(str(e).split())[:200]}") from None
+    return json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")

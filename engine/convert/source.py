@@ -11,6 +11,11 @@ CHUNK_ELEMS = 1 << 22   # elements per row chunk of float work: stays in L2/L3, 
 EOT_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endofturn|>")
 
 
+# What a JSON field of the wrong type raises where the code expects a number, string, list or
+# object (int("x"), None["k"], [].get, ...): in a user's file that is a malformed file.
+MALFORMED = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)
+
+
 class ConvertError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
 

@@ -457,4 +457,11 @@ def read(path):
         validate(config, specs)
     except TpkError as e:
         raise TpkError(f"{path}: {e}") from None
+    for name, arr in tensors.items():
+        # The kernels take typed arrays and refuse misaligned ones. Our writer aligns every
+        # tensor; safetensors itself does not promise it (a file re-saved by another tool may
+        # start its data at any byte), so such a tensor is copied into aligned memory.
+        if arr.size and arr.ctypes.data % arr.dtype.itemsize:
+            tensors[name] = arr.copy()
+            tensors[name].flags.writeable = False
     return Tpk(path, config, tensors)

@@ -15,6 +15,26 @@ import re
 
 KINDS = ("sentencepiece", "hf")
 
+
+class TokenizerError(ValueError):
+    """Tokenizer bytes that do not load (or misbehave): the message says why, in one line."""
+
+
+# Loading checks a tokenizer on this text: a file can parse and still fail on every encode
+# (e.g. a BPE model naming an unk_token its vocabulary lacks), which must show at load time.
+_PROBE = "Hello, world! 123 caf\u00e9 \u6771\u4eac \U0001f642\n"
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(e).__name__
+
+
+def _foreign(e: BaseException) -> bool:
+    """An error raised by the tokenizer library (tokenizers' Rust panics arrive as
+    pyo3_runtime.PanicException, a BaseException), not an interrupt or exit."""
+    return not isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit))
+
 # Tokens of context kept by StreamDecoder: enough for any decoder rule that looks back
 # (SentencePiece's leading-space strip, byte-fallback runs of up to 4 bytes).
 _STREAM_CONTEXT = 6
@@ -39,7 +59,7 @@ class Tokenizer:
             return SentencePieceTokenizer(bytes(data), config)
         if kind == "hf":
             return HFTokenizer(bytes(data), config)
-        raise ValueError(f"unknown tokenizer type {kind!r} (expected one of {KINDS})")
+        raise TokenizerError(f"unknown tokenizer type {kind!r} (expected one of {KINDS})")
 
     def _init_common(self, config: dict, bos, eos, eot):
         def pick(key, fallback):  # a key present in the config wins, even as null
@@ -98,9 +118,14 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             sp.LoadFromSerializedProto(data)
         except Exception as e:  # sentencepiece raises RuntimeError/OSError with C++ text
-            raise ValueError(f"not a SentencePiece model: {e}") from None
+            raise TokenizerError(f"not a SentencePiece model: {_one_line(e)}") from None
         self.sp = sp
         self.vocab_size = sp.GetPieceSize()
+        try:  # a piece that is not UTF-8 loads, then fails in IdToPiece (UnicodeDecodeError)
+            for i in range(self.vocab_size):
+                sp.IdToPiece(i)
+        except Exception as e:
+            raise TokenizerError(f"SentencePiece model: piece {i} is unreadable: {_one_line(e)}") from None
         none_if_neg = lambda i: i if i >= 0 else None  # noqa: E731
         self._init_common(config, none_if_neg(sp.bos_id()), none_if_neg(sp.eos_id()), None)
         self.special_ids = frozenset(i for i in range(self.vocab_size) if sp.IsControl(i))
@@ -109,6 +134,10 @@ class SentencePieceTokenizer(Tokenizer):
         specials = sorted((sp.IdToPiece(i) for i in self.special_ids), key=len, reverse=True)
         specials = [s for s in specials if s]
         self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+        try:  # TokenizerError if it cannot work (see _PROBE)
+            self._decode(self._encode(_PROBE, True), False)
+        except Exception as e:
+            raise TokenizerError(f"SentencePiece model fails on a test string: {_one_line(e)}") from None
 
     def token_text(self, i: int) -> str:
         return self.sp.IdToPiece(int(i))
@@ -151,8 +180,10 @@ class HFTokenizer(Tokenizer):
 
         try:
             tok = _HF.from_str(data.decode("utf-8"))
-        except Exception as e:  # tokenizers raises its own Exception subclass
-            raise ValueError(f"not a tokenizer.json: {e}") from None
+        except BaseException as e:  # tokenizers' own Exception subclass, or a Rust panic
+            if not _foreign(e):
+                raise
+            raise TokenizerError(f"not a tokenizer.json: {_one_line(e)}") from None
         self.tok = tok
         added = tok.get_added_tokens_decoder()  # {id: AddedToken}
         self.vocab_size = max(tok.get_vocab_size(with_added_tokens=True), max(added, default=-1) + 1)
@@ -169,6 +200,7 @@ class HFTokenizer(Tokenizer):
         self._init_common(config, find("<|begin_of_text|>", "<s>", "<bos>"),
                           find("<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>"),
                           find("<|eot_id|>", "<|im_end|>", "<end_of_turn>"))
+        self._decode(self._encode(_PROBE, True), False)  # TokenizerError if it cannot work
 
     def token_text(self, i: int) -> str:
         return self.tok.id_to_token(int(i)) or ""
@@ -178,11 +210,20 @@ class HFTokenizer(Tokenizer):
         self.tok.encode_special_tokens = not parse_special
         try:
             return self.tok.encode(text, add_special_tokens=False).ids
+        except BaseException as e:
+            if not _foreign(e):
+                raise
+            raise TokenizerError(f"tokenizer.json cannot encode: {_one_line(e)}") from None
         finally:
             self.tok.encode_special_tokens = False
 
     def _decode(self, ids, skip_special_tokens):
-        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        try:
+            return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        except BaseException as e:
+            if not _foreign(e):
+                raise
+            raise TokenizerError(f"tokenizer.json cannot decode: {_one_line(e)}") from None
 
 
 _MAX_HELD = 8  # tokens held back at most while the text ends in an unfinished character
