@@ -4,7 +4,7 @@
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (both with "stream": true as
 server-sent events in OpenAI's chunk format, ending with `data: [DONE]`), GET /v1/models,
-GET /health (slot occupancy). Usage and examples: docs/server.md.
+GET /health (slot occupancy), GET /metrics (Prometheus text, engine/serve/metrics.py). Usage and examples: docs/server.md.
 
 Threads: uvicorn's event loop runs the request handlers (parsing, tokenizing, detokenizing,
 stop strings); one engine thread runs Batch.run (the kernels release the GIL). A handler
@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 
 from engine.runtime.generate import TextStream
+from engine.serve.metrics import Metrics, RequestCounter
 from engine.runtime.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
 from engine.runtime.sampling import Sampler, SamplingParams
 
@@ -139,6 +140,8 @@ class Server:
         self.ctx = engine.ctx
         self.vocab_size = engine.model.args.vocab_size
         self.created = int(time.time())
+        self.metrics = Metrics()
+        self.metrics.watch(batch)
 
     # -- parsing shared by both endpoints ------------------------------------------------------
     def check_model(self, body):
@@ -260,16 +263,28 @@ class Server:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()   # bounded by max_tokens + 1 items
         put = queue.put_nowait
+        m = self.metrics
+        last = [0.0, False]   # time of the previous token (or of submission), any token yet
+
+        def on_token(t):   # engine thread: time the token where it is made
+            now = time.perf_counter()
+            (m.token_latency if last[1] else m.ttft).observe(now - last[0])
+            last[0], last[1] = now, True
+            m.completion_tokens.inc()
+            loop.call_soon_threadsafe(put, ("token", t))
+
         seq = Sequence(req.prompt_ids, req.max_tokens,
                        Sampler(req.params, self.vocab_size, req.seed),
                        frozenset() if req.ignore_eos else self.tokenizer.stop_ids,
-                       on_token=lambda t: loop.call_soon_threadsafe(put, ("token", t)),
+                       on_token=on_token,
                        on_finish=lambda r: loop.call_soon_threadsafe(put, ("end", r)))
+        last[0] = time.perf_counter()
         try:
             self.batch.submit(seq)
         except QueueFull as e:
             raise ApiError(429, f"The server is busy ({e}); retry later.", None, "rate_limit_exceeded",
                            "requests") from None
+        m.prompt_tokens.inc(len(req.prompt_ids))
         return seq, self._events(seq, queue, req.stop, every_token=req.return_token_ids)
 
     async def _events(self, seq, queue, stop, every_token: bool):
@@ -320,6 +335,7 @@ def create_app(engine, batch: Batch, model_id: str):
 
     app = FastAPI(title="ternary-serve", lifespan=lifespan)
     app.state.server = srv
+    app.add_middleware(RequestCounter, metrics=srv.metrics)
     _add_error_handlers(app)
     _add_generation_routes(app, srv)
     _add_info_routes(app, srv)
@@ -507,7 +523,7 @@ def _add_generation_routes(app, srv) -> None:
 
 
 def _add_info_routes(app, srv) -> None:
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
 
     def model_card():
         return {"id": srv.model_id, "object": "model", "created": srv.created, "owned_by": "ternary-engine",
@@ -529,6 +545,10 @@ def _add_info_routes(app, srv) -> None:
         ok = occ["engine_alive"]
         return JSONResponse({"status": "ok" if ok else "error", "model": srv.model_id, "ctx": srv.ctx, **occ},
                             status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(srv.metrics.render(), media_type=srv.metrics.content_type)
 
 
 # -- command line ----------------------------------------------------------------------------------
