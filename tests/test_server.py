@@ -367,6 +367,13 @@ def _app(model_path, **kw):
     return create_app(e, B.Batch(e.model, max_batch=2, max_queue=2), MODEL_ID, **kw)
 
 
+def _wait_ready(c) -> None:
+    deadline = time.monotonic() + 30
+    while c.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, "the app did not warm up within 30 s"
+        time.sleep(0.02)
+
+
 def _metrics(c) -> dict:
     """{(sample name, labels as sorted tuple): value} of GET /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -381,6 +388,7 @@ def test_metrics_count_requests_and_tokens(model_path, eng):
     completion, 1 chat, a 400 and a 404, the counters moved by exactly those amounts."""
     from fastapi.testclient import TestClient
     with TestClient(_app(model_path)) as c, TestClient(_app(model_path)) as other:
+        _wait_ready(c)
         before = _metrics(c)
         assert before[("ternary_slots", ())] == 2 and before[("ternary_slots_in_use", ())] == 0
         assert before[("ternary_queue_depth", ())] == 0 and before[("ternary_kv_positions_in_use", ())] == 0
@@ -438,3 +446,56 @@ def test_metrics_kv_and_queue_gauges_while_running(model_path):
     assert got["ternary_batch_rows_sum"] == 6
     for s in seqs:
         batch.cancel(s)
+
+
+def test_health_is_loading_until_warmed_up(model_path):
+    """Warm-up held back by an event: /health 503 loading, no models listed, generation 503;
+    released: one forward runs, then 200 ok, the model is listed and generation works."""
+    from fastapi.testclient import TestClient
+    from engine.serve import server as S
+    gate, forwards = threading.Event(), []
+
+    def warmup(e):
+        assert gate.wait(30)
+        real = e.forward
+        e.forward = lambda ids: forwards.append(list(ids)) or real(ids)
+        try:
+            S.warm_up(e)
+        finally:
+            e.forward = real
+
+    with TestClient(_app(model_path, warmup=warmup)) as c:
+        for _ in range(3):
+            r = c.get("/health")
+            assert r.status_code == 503 and r.json() == {"status": "loading"}
+        assert c.get("/v1/models").json() == {"object": "list", "data": []}
+        r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready"
+        assert c.get(f"/v1/models/{MODEL_ID}").status_code == 503
+        assert not forwards
+        gate.set()
+        deadline = time.monotonic() + 30
+        while (r := c.get("/health")).status_code != 200:
+            assert r.json()["status"] == "loading" and time.monotonic() < deadline
+            time.sleep(0.02)
+        assert r.json()["status"] == "ok" and len(forwards) == 1 and forwards[0]
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == [MODEL_ID]
+        assert c.get(f"/v1/models/{MODEL_ID}").json()["id"] == MODEL_ID
+        r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "ignore_eos": True})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+
+
+def test_health_reports_a_failed_warm_up(model_path):
+    from fastapi.testclient import TestClient
+
+    def warmup(e):
+        raise RuntimeError("no memory for you")
+
+    with TestClient(_app(model_path, warmup=warmup)) as c:
+        deadline = time.monotonic() + 30
+        while (r := c.get("/health")).json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert r.status_code == 503 and r.json()["status"] == "error" and "no memory" in r.json()["message"]
+        r = c.post("/v1/completions", json={"prompt": "x"})
+        assert r.status_code == 503 and "no memory" in r.json()["error"]["message"]

@@ -4,7 +4,8 @@
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (both with "stream": true as
 server-sent events in OpenAI's chunk format, ending with `data: [DONE]`), GET /v1/models,
-GET /health (slot occupancy), GET /metrics (Prometheus text, engine/serve/metrics.py). Usage and examples: docs/server.md.
+GET /health (503 {"status": "loading"} until the model is warmed up, then 200 with slot
+occupancy), GET /metrics (Prometheus text, engine/serve/metrics.py). Usage and examples: docs/server.md.
 
 Threads: uvicorn's event loop runs the request handlers (parsing, tokenizing, detokenizing,
 stop strings); one engine thread runs Batch.run (the kernels release the GIL). A handler
@@ -21,6 +22,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -132,6 +134,11 @@ class GenRequest:
     include_usage: bool
 
 
+def warm_up(engine) -> None:
+    """One forward over a few tokens."""
+    engine.forward(engine.tokenizer.encode("Hello")[:8] or [0])
+
+
 # -- the server ------------------------------------------------------------------------------------
 class Server:
     def __init__(self, engine, batch: Batch, model_id: str):
@@ -142,6 +149,26 @@ class Server:
         self.created = int(time.time())
         self.metrics = Metrics()
         self.metrics.watch(batch)
+        self.ready = False            # True once warmed up and the engine thread runs
+        self.load_error: str | None = None
+
+    def warm_up(self, warmup=None) -> None:
+        """Run warmup(engine) (default: one forward, which pages the mmapped weights in and
+        touches every kernel), then start the engine thread; until then requests get 503."""
+        try:
+            (warmup or warm_up)(self.engine)
+            self.batch.start()
+            self.ready = True
+            log.info("model %s warmed up; serving", self.model_id)
+        except Exception as e:
+            log.exception("warm-up failed")
+            self.load_error = f"{type(e).__name__}: {e}"
+
+    def check_ready(self) -> None:
+        if not self.ready:
+            why = f"warm-up failed: {self.load_error}" if self.load_error else "loading"
+            raise ApiError(503, f"The model is not ready ({why}); retry later.", None, "model_not_ready",
+                           "server_error")
 
     # -- parsing shared by both endpoints ------------------------------------------------------
     def check_model(self, body):
@@ -320,16 +347,17 @@ class Server:
         return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
 
 
-def create_app(engine, batch: Batch, model_id: str):
-    """The FastAPI app over engine (tokenizer, chat template) and batch (started and closed
-    with the app's lifespan)."""
+def create_app(engine, batch: Batch, model_id: str, warmup=None):
+    """The FastAPI app over engine (tokenizer, chat template) and batch (closed with the app's
+    lifespan). At start-up a thread runs warmup(engine) (default: warm_up, one forward) and
+    then starts batch; until then /health answers 503 {"status": "loading"}."""
     from fastapi import FastAPI
 
     srv = Server(engine, batch, model_id)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batch.start()
+        threading.Thread(target=srv.warm_up, args=(warmup,), name="ternary-warmup", daemon=True).start()
         yield
         batch.close()
 
@@ -505,6 +533,7 @@ def _add_generation_routes(app, srv) -> None:
     from fastapi import Request
 
     async def generate(request: Request, chat: bool):
+        srv.check_ready()
         body = await _read_json(request)
         srv.check_model(body)
         prompt = srv.chat_prompt(body) if chat else srv.completion_prompt(body)
@@ -530,17 +559,23 @@ def _add_info_routes(app, srv) -> None:
                 "context_length": srv.ctx}
 
     @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [model_card()]}
+    async def models():   # what is loaded: nothing until warmed up
+        return {"object": "list", "data": [model_card()] if srv.ready else []}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str):
+        if name == srv.model_id:
+            srv.check_ready()
         if name != srv.model_id:
             raise ApiError(404, f"The model '{name}' does not exist.", "model", "model_not_found")
         return model_card()
 
     @app.get("/health")
     async def health():
+        if not srv.ready:
+            if srv.load_error:
+                return JSONResponse({"status": "error", "message": srv.load_error}, status_code=503)
+            return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
         occ = srv.batch.occupancy()
         ok = occ["engine_alive"]
         return JSONResponse({"status": "ok" if ok else "error", "model": srv.model_id, "ctx": srv.ctx, **occ},
