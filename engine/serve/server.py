@@ -2,7 +2,7 @@
 
     ternary-serve model.tpk --host 127.0.0.1 --port 8000 --threads 4 --max-batch 8
 
-Endpoints: POST /v1/completions, POST /v1/chat/completions (both with "stream": true as
+Endpoints: GET / (a chat page, engine/serve/static/), POST /v1/completions, POST /v1/chat/completions (both with "stream": true as
 server-sent events in OpenAI's chunk format, ending with `data: [DONE]`), GET /v1/models,
 GET /health (503 {"status": "loading"} until the model is warmed up, then 200 with slot
 occupancy), GET /metrics (Prometheus text, engine/serve/metrics.py). Usage and examples: docs/server.md.
@@ -33,6 +33,7 @@ from engine.runtime.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch,
 from engine.runtime.sampling import Sampler, SamplingParams
 
 log = logging.getLogger("ternary.server")
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")   # the chat page
 
 MAX_BODY_BYTES = 8 << 20       # a request body beyond this is refused (413)
 MAX_STOP_STRINGS = 16
@@ -367,7 +368,20 @@ def create_app(engine, batch: Batch, model_id: str, warmup=None):
     _add_error_handlers(app)
     _add_generation_routes(app, srv)
     _add_info_routes(app, srv)
+    _add_page_routes(app)
     return app
+
+
+def _add_page_routes(app) -> None:
+    """The chat page at / and its script and style at /static/ (files in the package: no CDN)."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(os.path.join(STATIC_DIR, "index.html"), headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
 def _error_response(e: ApiError):
