@@ -1,7 +1,9 @@
 """ternary-serve: continuous batching equals Engine.generate token for token; the HTTP server
 (a subprocess on 127.0.0.1) driven by the real `openai` client: completions and chat, streamed
 and not, seeded output identical to Engine.generate, OpenAI-style 400s, 429 beyond the queue,
-and 20 streaming clients that disconnect mid-stream leaving every slot free."""
+and 20 streaming clients that disconnect mid-stream leaving every slot free. In process
+(FastAPI's TestClient): /metrics counters after known traffic, and /health while the warm-up
+is held back."""
 import concurrent.futures
 import json
 import os

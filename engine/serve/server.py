@@ -610,8 +610,9 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ternary-serve",
                 description="Serve a ternary (BitNet b1.58) .tpk model over an OpenAI-compatible HTTP API "
-                            "(/v1/completions, /v1/chat/completions, /v1/models, /health) with continuous "
-                            "batching: concurrent requests share each decode step.")
+                            "(/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics; a chat "
+                            "page at /) with continuous batching: concurrent requests share each decode "
+                            "step.")
     p.add_argument("model", nargs="?", default=None, help="the .tpk model (default: the embedded model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
