@@ -2,10 +2,11 @@
 
     ternary-serve model.tpk --host 127.0.0.1 --port 8000 --threads 4 --max-batch 8
 
-Endpoints: GET / (a chat page, engine/serve/static/), POST /v1/completions, POST /v1/chat/completions (both with "stream": true as
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both with "stream": true as
 server-sent events in OpenAI's chunk format, ending with `data: [DONE]`), GET /v1/models,
 GET /health (503 {"status": "loading"} until the model is warmed up, then 200 with slot
-occupancy), GET /metrics (Prometheus text, engine/serve/metrics.py). Usage and examples: docs/server.md.
+occupancy), GET /metrics (Prometheus text, engine/serve/metrics.py), GET / (a chat page,
+engine/serve/static/). Usage and examples: docs/server.md.
 
 Threads: uvicorn's event loop runs the request handlers (parsing, tokenizing, detokenizing,
 stop strings); one engine thread runs Batch.run (the kernels release the GIL). A handler
@@ -28,9 +29,9 @@ import uuid
 from dataclasses import dataclass
 
 from engine.runtime.generate import TextStream
-from engine.serve.metrics import Metrics, RequestCounter
 from engine.runtime.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
 from engine.runtime.sampling import Sampler, SamplingParams
+from engine.serve.metrics import Metrics, RequestCounter
 
 log = logging.getLogger("ternary.server")
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")   # the chat page
@@ -578,10 +579,9 @@ def _add_info_routes(app, srv) -> None:
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str):
-        if name == srv.model_id:
-            srv.check_ready()
         if name != srv.model_id:
             raise ApiError(404, f"The model '{name}' does not exist.", "model", "model_not_found")
+        srv.check_ready()   # known, but not loaded yet: 503
         return model_card()
 
     @app.get("/health")
