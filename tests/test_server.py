@@ -1,7 +1,9 @@
 """ternary-serve: continuous batching equals Engine.generate token for token; the HTTP server
 (a subprocess on 127.0.0.1) driven by the real `openai` client: completions and chat, streamed
 and not, seeded output identical to Engine.generate, OpenAI-style 400s, 429 beyond the queue,
-and 20 streaming clients that disconnect mid-stream leaving every slot free."""
+and 20 streaming clients that disconnect mid-stream leaving every slot free. In process
+(FastAPI's TestClient): /metrics counters after known traffic, and /health while the warm-up
+is held back."""
 import concurrent.futures
 import json
 import os
@@ -358,3 +360,144 @@ def test_cli_user_errors_are_one_line(argv):
     r = subprocess.run([sys.executable, "-m", "engine.serve", *argv], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+# -- in-process apps: /metrics, /health while loading ----------------------------------------------
+def _app(model_path, **kw):
+    from engine.serve.server import create_app
+    e = Engine(model_path, threads=1)
+    return create_app(e, B.Batch(e.model, max_batch=2, max_queue=2), MODEL_ID, **kw)
+
+
+def _wait_ready(c) -> None:
+    deadline = time.monotonic() + 30
+    while c.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, "the app did not warm up within 30 s"
+        time.sleep(0.02)
+
+
+def _metrics(c) -> dict:
+    """{(sample name, labels as sorted tuple): value} of GET /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+    r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(r.text) for s in f.samples}
+
+
+def test_metrics_count_requests_and_tokens(model_path, eng):
+    """Two apps in one process, each with its own registry: after 2 plain and 1 streamed
+    completion, 1 chat, a 400 and a 404, the counters moved by exactly those amounts."""
+    from fastapi.testclient import TestClient
+    with TestClient(_app(model_path)) as c, TestClient(_app(model_path)) as other:
+        _wait_ready(c)
+        before = _metrics(c)
+        assert before[("ternary_slots", ())] == 2 and before[("ternary_slots_in_use", ())] == 0
+        assert before[("ternary_queue_depth", ())] == 0 and before[("ternary_kv_positions_in_use", ())] == 0
+        assert before[("ternary_kv_positions_capacity", ())] == 2 * CTX
+        assert before.get(("ternary_completion_tokens_total", ()), 0) == 0
+        body = {"model": MODEL_ID, "max_tokens": 7, "temperature": 0, "ignore_eos": True}
+        prompt_tokens = 0
+        for p in PROMPTS[:2]:
+            r = c.post("/v1/completions", json={**body, "prompt": p})
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 7
+            prompt_tokens += r.json()["usage"]["prompt_tokens"]
+        with c.stream("POST", "/v1/completions", json={**body, "prompt": PROMPTS[2], "stream": True,
+                                                       "max_tokens": 5}) as r:
+            assert r.status_code == 200 and "".join(r.iter_text()).endswith("data: [DONE]\n\n")
+        prompt_tokens += len(eng.tokenizer.encode(PROMPTS[2]))
+        msgs = [{"role": "user", "content": "Hello"}]
+        r = c.post("/v1/chat/completions", json={**body, "messages": msgs, "max_tokens": 3})
+        assert r.status_code == 200
+        prompt_tokens += len(eng.chat_ids(msgs))
+        assert c.post("/v1/completions", json={"prompt": "x", "n": 2}).status_code == 400
+        assert c.get("/nowhere").status_code == 404
+        m = _metrics(c)
+        req = lambda route, status: m.get(("ternary_requests_total", (("route", route), ("status", status))), 0)  # noqa: E731
+        assert req("/v1/completions", "200") == 3 and req("/v1/completions", "400") == 1
+        assert req("/v1/chat/completions", "200") == 1 and req("other", "404") == 1
+        assert req("/metrics", "200") == 1   # the first scrape
+        assert m[("ternary_completion_tokens_total", ())] == 7 + 7 + 5 + 3
+        assert m[("ternary_prompt_tokens_total", ())] == prompt_tokens
+        assert m[("ternary_time_to_first_token_seconds_count", ())] == 4
+        assert m[("ternary_time_per_output_token_seconds_count", ())] == 6 + 6 + 4 + 2
+        assert m[("ternary_time_to_first_token_seconds_sum", ())] > 0
+        assert m[("ternary_batch_sequences_count", ())] == c.get("/health").json()["steps"] > 0
+        assert m[("ternary_slots_in_use", ())] == 0 and m[("ternary_queue_depth", ())] == 0
+        # the other app's registry saw none of it
+        o = _metrics(other)
+        assert o.get(("ternary_completion_tokens_total", ()), 0) == 0
+        assert not any(k[0] == "ternary_requests_total" and dict(k[1])["route"] != "/metrics" for k in o)
+
+
+def test_metrics_kv_and_queue_gauges_while_running(model_path):
+    """With both slots generating and one request waiting, the gauges show it."""
+    from engine.serve.server import Server
+    e = Engine(model_path, threads=1)
+    batch = B.Batch(e.model, max_batch=2, max_queue=2)
+    srv = Server(e, batch, MODEL_ID)
+    greedy = lambda: Sampler(SamplingParams(temperature=0), e.model.args.vocab_size)  # noqa: E731
+    seqs = [batch.submit(B.Sequence([5, 6, 7], 10, greedy())) for _ in range(3)]
+    batch.step()   # two admitted, prefilled (3 positions each), one waits
+    from prometheus_client.parser import text_string_to_metric_families
+    got = {s.name: s.value for f in text_string_to_metric_families(srv.metrics.render().decode())
+           for s in f.samples}
+    assert got["ternary_slots_in_use"] == 2 and got["ternary_queue_depth"] == 1
+    assert got["ternary_kv_positions_in_use"] == 6
+    assert got["ternary_batch_sequences_count"] == 1 and got["ternary_batch_sequences_sum"] == 2
+    assert got["ternary_batch_rows_sum"] == 6
+    for s in seqs:
+        batch.cancel(s)
+
+
+def test_health_is_loading_until_warmed_up(model_path):
+    """Warm-up held back by an event: /health 503 loading, no models listed, generation 503;
+    released: one forward runs, then 200 ok, the model is listed and generation works."""
+    from fastapi.testclient import TestClient
+    from engine.serve import server as S
+    gate, forwards = threading.Event(), []
+
+    def warmup(e):
+        assert gate.wait(30)
+        real = e.forward
+        e.forward = lambda ids: forwards.append(list(ids)) or real(ids)
+        try:
+            S.warm_up(e)
+        finally:
+            e.forward = real
+
+    with TestClient(_app(model_path, warmup=warmup)) as c:
+        for _ in range(3):
+            r = c.get("/health")
+            assert r.status_code == 503 and r.json() == {"status": "loading"}
+        assert c.get("/v1/models").json() == {"object": "list", "data": []}
+        r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready"
+        assert c.get(f"/v1/models/{MODEL_ID}").status_code == 503
+        assert not forwards
+        gate.set()
+        deadline = time.monotonic() + 30
+        while (r := c.get("/health")).status_code != 200:
+            assert r.json()["status"] == "loading" and time.monotonic() < deadline
+            time.sleep(0.02)
+        assert r.json()["status"] == "ok" and len(forwards) == 1 and forwards[0]
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == [MODEL_ID]
+        assert c.get(f"/v1/models/{MODEL_ID}").json()["id"] == MODEL_ID
+        r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "ignore_eos": True})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+
+
+def test_health_reports_a_failed_warm_up(model_path):
+    from fastapi.testclient import TestClient
+
+    def warmup(e):
+        raise RuntimeError("no memory for you")
+
+    with TestClient(_app(model_path, warmup=warmup)) as c:
+        deadline = time.monotonic() + 30
+        while (r := c.get("/health")).json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert r.status_code == 503 and r.json()["status"] == "error" and "no memory" in r.json()["message"]
+        r = c.post("/v1/completions", json={"prompt": "x"})
+        assert r.status_code == 503 and "no memory" in r.json()["error"]["message"]

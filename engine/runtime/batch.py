@@ -101,6 +101,8 @@ class Batch:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.steps = 0
+        # on_step(sequences, rows) after every batched pass, on the engine thread (metrics).
+        self.on_step: Callable[[int, int], None] | None = None
 
     # -- requests (any thread) -----------------------------------------------------------------
     def submit(self, seq: Sequence) -> Sequence:
@@ -136,9 +138,11 @@ class Batch:
 
     def occupancy(self) -> dict:
         with self._lock:
-            busy = sum(s is not None for s in self._slots)
-            return {"slots": self.max_batch, "busy": busy, "waiting": len(self._waiting),
+            active = [s for s in self._slots if s is not None]
+            return {"slots": self.max_batch, "busy": len(active), "waiting": len(self._waiting),
                     "max_queue": self.max_queue, "steps": self.steps,
+                    "kv_positions": sum(s.n_cached for s in active),   # cached positions, all slots
+                    "kv_capacity": self.max_batch * self.model.ctx,
                     "engine_alive": self._thread is None or self._thread.is_alive()}
 
     # -- the engine loop -----------------------------------------------------------------------
@@ -204,6 +208,7 @@ class Batch:
                     _call(seq.on_finish, ERROR)
             return True
         self.steps += 1
+        _call(self.on_step, len(spans), spans[-1][2])
         i = 0
         for seq, r0, r1, pos in spans:
             seq.n_cached = pos + r1 - r0

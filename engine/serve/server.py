@@ -4,7 +4,9 @@
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (both with "stream": true as
 server-sent events in OpenAI's chunk format, ending with `data: [DONE]`), GET /v1/models,
-GET /health (slot occupancy). Usage and examples: docs/server.md.
+GET /health (503 {"status": "loading"} until the model is warmed up, then 200 with slot
+occupancy), GET /metrics (Prometheus text, engine/serve/metrics.py), GET / (a chat page,
+engine/serve/static/). Usage and examples: docs/server.md.
 
 Threads: uvicorn's event loop runs the request handlers (parsing, tokenizing, detokenizing,
 stop strings); one engine thread runs Batch.run (the kernels release the GIL). A handler
@@ -21,6 +23,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,8 +31,10 @@ from dataclasses import dataclass
 from engine.runtime.generate import TextStream
 from engine.runtime.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
 from engine.runtime.sampling import Sampler, SamplingParams
+from engine.serve.metrics import Metrics, RequestCounter
 
 log = logging.getLogger("ternary.server")
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")   # the chat page
 
 MAX_BODY_BYTES = 8 << 20       # a request body beyond this is refused (413)
 MAX_STOP_STRINGS = 16
@@ -131,6 +136,11 @@ class GenRequest:
     include_usage: bool
 
 
+def warm_up(engine) -> None:
+    """One forward over a few tokens."""
+    engine.forward(engine.tokenizer.encode("Hello")[:8] or [0])
+
+
 # -- the server ------------------------------------------------------------------------------------
 class Server:
     def __init__(self, engine, batch: Batch, model_id: str):
@@ -139,6 +149,28 @@ class Server:
         self.ctx = engine.ctx
         self.vocab_size = engine.model.args.vocab_size
         self.created = int(time.time())
+        self.metrics = Metrics()
+        self.metrics.watch(batch)
+        self.ready = False            # True once warmed up and the engine thread runs
+        self.load_error: str | None = None
+
+    def warm_up(self, warmup=None) -> None:
+        """Run warmup(engine) (default: one forward, which pages the mmapped weights in and
+        touches every kernel), then start the engine thread; until then requests get 503."""
+        try:
+            (warmup or warm_up)(self.engine)
+            self.batch.start()
+            self.ready = True
+            log.info("model %s warmed up; serving", self.model_id)
+        except Exception as e:
+            log.exception("warm-up failed")
+            self.load_error = f"{type(e).__name__}: {e}"
+
+    def check_ready(self) -> None:
+        if not self.ready:
+            why = f"warm-up failed: {self.load_error}" if self.load_error else "loading"
+            raise ApiError(503, f"The model is not ready ({why}); retry later.", None, "model_not_ready",
+                           "server_error")
 
     # -- parsing shared by both endpoints ------------------------------------------------------
     def check_model(self, body):
@@ -260,16 +292,28 @@ class Server:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()   # bounded by max_tokens + 1 items
         put = queue.put_nowait
+        m = self.metrics
+        last = [0.0, False]   # time of the previous token (or of submission), any token yet
+
+        def on_token(t):   # engine thread: time the token where it is made
+            now = time.perf_counter()
+            (m.token_latency if last[1] else m.ttft).observe(now - last[0])
+            last[0], last[1] = now, True
+            m.completion_tokens.inc()
+            loop.call_soon_threadsafe(put, ("token", t))
+
         seq = Sequence(req.prompt_ids, req.max_tokens,
                        Sampler(req.params, self.vocab_size, req.seed),
                        frozenset() if req.ignore_eos else self.tokenizer.stop_ids,
-                       on_token=lambda t: loop.call_soon_threadsafe(put, ("token", t)),
+                       on_token=on_token,
                        on_finish=lambda r: loop.call_soon_threadsafe(put, ("end", r)))
+        last[0] = time.perf_counter()
         try:
             self.batch.submit(seq)
         except QueueFull as e:
             raise ApiError(429, f"The server is busy ({e}); retry later.", None, "rate_limit_exceeded",
                            "requests") from None
+        m.prompt_tokens.inc(len(req.prompt_ids))
         return seq, self._events(seq, queue, req.stop, every_token=req.return_token_ids)
 
     async def _events(self, seq, queue, stop, every_token: bool):
@@ -305,25 +349,40 @@ class Server:
         return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
 
 
-def create_app(engine, batch: Batch, model_id: str):
-    """The FastAPI app over engine (tokenizer, chat template) and batch (started and closed
-    with the app's lifespan)."""
+def create_app(engine, batch: Batch, model_id: str, warmup=None):
+    """The FastAPI app over engine (tokenizer, chat template) and batch (closed with the app's
+    lifespan). At start-up a thread runs warmup(engine) (default: warm_up, one forward) and
+    then starts batch; until then /health answers 503 {"status": "loading"}."""
     from fastapi import FastAPI
 
     srv = Server(engine, batch, model_id)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batch.start()
+        threading.Thread(target=srv.warm_up, args=(warmup,), name="ternary-warmup", daemon=True).start()
         yield
         batch.close()
 
     app = FastAPI(title="ternary-serve", lifespan=lifespan)
     app.state.server = srv
+    app.add_middleware(RequestCounter, metrics=srv.metrics)
     _add_error_handlers(app)
     _add_generation_routes(app, srv)
     _add_info_routes(app, srv)
+    _add_page_routes(app)
     return app
+
+
+def _add_page_routes(app) -> None:
+    """The chat page at / and its script and style at /static/ (files in the package: no CDN)."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(os.path.join(STATIC_DIR, "index.html"), headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
 def _error_response(e: ApiError):
@@ -489,6 +548,7 @@ def _add_generation_routes(app, srv) -> None:
     from fastapi import Request
 
     async def generate(request: Request, chat: bool):
+        srv.check_ready()
         body = await _read_json(request)
         srv.check_model(body)
         prompt = srv.chat_prompt(body) if chat else srv.completion_prompt(body)
@@ -507,28 +567,37 @@ def _add_generation_routes(app, srv) -> None:
 
 
 def _add_info_routes(app, srv) -> None:
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
 
     def model_card():
         return {"id": srv.model_id, "object": "model", "created": srv.created, "owned_by": "ternary-engine",
                 "context_length": srv.ctx}
 
     @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [model_card()]}
+    async def models():   # what is loaded: nothing until warmed up
+        return {"object": "list", "data": [model_card()] if srv.ready else []}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str):
         if name != srv.model_id:
             raise ApiError(404, f"The model '{name}' does not exist.", "model", "model_not_found")
+        srv.check_ready()   # known, but not loaded yet: 503
         return model_card()
 
     @app.get("/health")
     async def health():
+        if not srv.ready:
+            if srv.load_error:
+                return JSONResponse({"status": "error", "message": srv.load_error}, status_code=503)
+            return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
         occ = srv.batch.occupancy()
         ok = occ["engine_alive"]
         return JSONResponse({"status": "ok" if ok else "error", "model": srv.model_id, "ctx": srv.ctx, **occ},
                             status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(srv.metrics.render(), media_type=srv.metrics.content_type)
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -541,8 +610,9 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ternary-serve",
                 description="Serve a ternary (BitNet b1.58) .tpk model over an OpenAI-compatible HTTP API "
-                            "(/v1/completions, /v1/chat/completions, /v1/models, /health) with continuous "
-                            "batching: concurrent requests share each decode step.")
+                            "(/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics; a chat "
+                            "page at /) with continuous batching: concurrent requests share each decode "
+                            "step.")
     p.add_argument("model", nargs="?", default=None, help="the .tpk model (default: the embedded model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
