@@ -299,17 +299,18 @@ def llama_bitlinear(tmp, d, seed=3):
     return Checkpoint(path, path, "LlamaForCausalLM", d, "llama-bitlinear", tern)
 
 
-def shadow(tmp, d, seed=4, scale="absmean", tokenizer="hf"):
+def shadow(tmp, d, seed=4, scale="absmean", tokenizer="hf", f32=False):
     """(4) 1bitLLM-style full-precision shadow weights: model_type llama, fp16, sub-norms named
     inner_attn_ln / ffn_layernorm, silu. Reference: the same weights as a transformers BitNet
     (hidden_act silu) quantized the same way: online autobitlinear (absmean) or, for absmedian,
-    an offline checkpoint holding the absmedian-quantized weights."""
+    an offline checkpoint holding the absmedian-quantized weights. f32: the same fp16-exact
+    values stored as float32 (bitnet.cpp's converter then ternarizes in float32, not fp16)."""
     sd = random_weights(d, seed, sub_norms=True)
     sd = {k: v.astype(np.float16).astype(np.float32) for k, v in sd.items()}
     src = {}
     for k, v in sd.items():
         k2 = k.replace("self_attn.attn_sub_norm", "self_attn.inner_attn_ln").replace("mlp.ffn_sub_norm", "mlp.ffn_layernorm")
-        src[k2] = torch.from_numpy(v.astype(np.float16))
+        src[k2] = torch.from_numpy(v if f32 else v.astype(np.float16))
     cfg = _config("llama", d, hidden_act="silu", architectures=["BitnetForCausalLM"])
     path = os.path.join(tmp, f"shadow_{scale}")
     _save_any(path, src, cfg, tokenizer=tokenizer, tmp_dir=tmp)

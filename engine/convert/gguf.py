@@ -8,6 +8,9 @@ Read with the `gguf` package (no torch). What the file means, from llama.cpp:
           ffn_sub_norm, silu, lm_head = token_embd (tied), NeoX RoPE (llama_model_rope_type
           lists LLM_ARCH_BITNET with the NeoX archs), so no permutation; optional per-tensor
           `<proj>.scale` multiplies the output.
+  bitnet-b1.58  bitnet.cpp's name for BitNet b1.58 2B-4T (build_bitnet_158): as bitnet but
+          squared ReLU, and a separate output.weight when the file has one. bitnet.cpp's files
+          hold I2_S weights, a type of its own ggml fork: gguf_bitnet.py reads them.
 Weights: TQ1_0/TQ2_0 hold ternary values times one fp16 scale per 256-weight block; for a
 per-tensor ternary model every non-empty block has the same scale, which becomes ours. Any
 other type the package can dequantize becomes float (an fp16 model unless --weights).
@@ -21,12 +24,14 @@ import struct
 
 import numpy as np
 
+from engine.convert import gguf_bitnet
 from engine.formats import tpk
 from engine.convert.source import EOT_TOKENS, MALFORMED, ConvertError, Linear, SrcTensor, TensorSet
 
 GGUF_PROJ = {"attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v", "attn.o": "attn_output",
              "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down"}
 TERNARY_TYPES = {"TQ1_0": "t1", "TQ2_0": "t2"}
+ARCHS = ("llama", "bitnet", "bitnet-b1.58")  # the last two: bitnet.cpp's (gguf_bitnet.py)
 
 # llama.cpp token types = SentencePiece piece types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -125,11 +130,9 @@ def _precheck(path):
 
 
 def _open(path):
-    import gguf
-
     _precheck(path)
     try:
-        return gguf.GGUFReader(path)
+        return gguf_bitnet.reader(path)  # gguf.GGUFReader + bitnet.cpp's tensor types
     except (ValueError, OSError, IndexError, KeyError, struct.error) as e:
         raise ConvertError(f"{path}: not a readable GGUF file ({e})") from None
 
@@ -142,8 +145,8 @@ class _File(TensorSet):
         self.path, self.reader = path, _open(path)
         super().__init__(path, {t.name: t for t in self.reader.tensors})
         self.arch = self.meta("general.architecture")
-        if self.arch not in ("llama", "bitnet"):
-            raise ConvertError(f"{path}: GGUF architecture {self.arch!r} is not supported (llama, bitnet)")
+        if self.arch not in ARCHS:
+            raise ConvertError(f"{path}: GGUF architecture {self.arch!r} is not supported ({', '.join(ARCHS)})")
 
     def meta(self, key, default=None):
         field = self.reader.get_field(key)
@@ -161,6 +164,10 @@ class _File(TensorSet):
         from gguf import GGMLQuantizationType as QT
 
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        if isinstance(t, gguf_bitnet.BitnetTensor):
+            if t.tensor_type == gguf_bitnet.I2_S:
+                raise ConvertError(f"{self.path}: tensor {t.name!r} is I2_S, read only for the linear projections")
+            raise gguf_bitnet.refuse(t, self.path)
         qt = QT(t.tensor_type)
         if qt in (QT.F32, QT.F16, QT.F64):
             return SrcTensor(t.data.reshape(shape), qt.name, row_index=row_index)
@@ -201,13 +208,13 @@ def _config(f: _File) -> dict:
     if "token_embd.weight" not in tensors:
         raise ConvertError(f"{path}: missing tensor 'token_embd.weight'")
     config = {
-        "format_version": tpk.FORMAT_VERSION, "architecture": arch,
+        "format_version": tpk.FORMAT_VERSION, "architecture": "llama" if arch == "llama" else "bitnet",
         "hidden_size": hidden, "intermediate_size": inter, "num_layers": layers, "num_heads": heads,
         "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": int(tensors["token_embd.weight"].shape[1]),
         "max_position": int(meta(f"{arch}.context_length", 2048)),
         "rms_norm_eps": _f32(meta(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         "rope_theta": _f32(meta(f"{arch}.rope.freq_base", 10000.0)), "rope_style": "neox",
-        "hidden_act": "silu", "sub_norms": arch == "bitnet",
+        "hidden_act": gguf_bitnet.HIDDEN_ACT.get(arch, "silu"), "sub_norms": arch != "llama",
         # llama.cpp's bitnet graph uses token_embd as the head
         "tie_word_embeddings": "output.weight" not in tensors or arch == "bitnet",
         "scale_mode": "mul", "proj_norm_eps": None,
@@ -266,6 +273,12 @@ def _linears(f: _File, config: dict) -> tuple[dict, set]:
         row_index = None
         if f.arch == "llama" and proj in ("attn.q", "attn.k"):
             row_index = _unpermute(n, config["num_heads"] if proj == "attn.q" else config["num_kv_heads"])
+        if isinstance(t, gguf_bitnet.BitnetTensor):  # bitnet.cpp's I2_S (TL1/TL2 refused)
+            if t.tensor_type != gguf_bitnet.I2_S:
+                raise gguf_bitnet.refuse(t, f.path)
+            formats.add("t2")
+            linears[prefix] = Linear(load_ternary=gguf_bitnet.i2s_loader(t, n, k, row_index, extra_scale, f.path))
+            continue
         qt = QT(t.tensor_type)
         if qt.name in TERNARY_TYPES:
             formats.add(TERNARY_TYPES[qt.name])
