@@ -287,15 +287,17 @@ def bitnet_float(tmp, d, seed=6):
     return Checkpoint(path, path, "BitNetForCausalLM", d, "bitnet-float", {})
 
 
-def llama_bitlinear(tmp, d, seed=3):
+def llama_bitlinear(tmp, d, seed=3, tokenizer="hf"):
     """(3) Llama + BitLinear (Falcon3-1.58bit style): packed U8, weight_scale = 1/mean|W| (divides)."""
     sd = random_weights(d, seed, sub_norms=False)
     sd, tern = _ternary_state(sd, d, absmean_quant, hf_pack, np.float32, "div")
     tern = {b: (q, np.float32(1.0) / s, "div") for b, (q, s) in tern.items()}
-    cfg = _config("llama", d, quantization_config={"quant_method": "bitnet", "linear_class": "bitlinear",
-                                                   "quantization_mode": "offline"})
+    cfg = _config("llama", d, architectures=["LlamaForCausalLM"],
+                  quantization_config={"quant_method": "bitnet", "linear_class": "bitlinear",
+                                       "quantization_mode": "offline"})
     path = os.path.join(tmp, "llama_bitlinear")
-    _save_any(path, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, cfg)
+    _save_any(path, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, cfg,
+              tokenizer=tokenizer, tmp_dir=tmp)
     return Checkpoint(path, path, "LlamaForCausalLM", d, "llama-bitlinear", tern)
 
 

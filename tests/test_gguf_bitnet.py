@@ -68,8 +68,41 @@ def test_i2s_logits(i2s):
     np.testing.assert_array_equal(got, Model(h, ctx=128).forward(np.asarray(case.prompt)))
     rel_hf, _ = check_logits(got, engine_logits(case.tpk, case.prompt))
     rel_ref, _ = check_logits(got, case.ref_logits)
+    assert rel_hf < 1e-5, rel_hf
     print(f"bitnet.cpp I2_S: max |logit diff| = {rel_hf:.2e} (safetensors route), {rel_ref:.2e} (transformers)"
           " x max |logit|")
+    assert engine_greedy(out, case.prompt, GREEDY) == case.ref_greedy
+
+
+# ---------------------------------------------------------------------------------------------
+# a Llama + BitLinear checkpoint (Llama3-8B-1.58 style) through the same pipeline: architecture
+# "llama", so the Q/K rows bitnet.cpp's converter permuted are un-permuted after I2_S decoding
+
+LLAMA_FIXTURE = os.path.join(os.path.dirname(__file__), "data", "bitnet_cpp", "tiny-llama-i2_s.gguf")
+D_LLAMA_I2S = C.Dims(hidden=64, inter=128, layers=2, heads=2, kv_heads=1, head_dim=32, vocab=347, tied=False)
+LLAMA_SEED = 17  # checkpoints.llama_bitlinear(dir, D_LLAMA_I2S, seed=LLAMA_SEED, tokenizer="sentencepiece")
+
+
+def test_llama_i2s(tmp_path):
+    from engine import kernels
+
+    tmp = str(tmp_path)
+    case = Case(C.llama_bitlinear(tmp, D_LLAMA_I2S, seed=LLAMA_SEED, tokenizer="sentencepiece"), tmp)
+    out = os.path.join(tmp, "llama-i2s.tpk")
+    assert conv.main([LLAMA_FIXTURE, "-o", out, "-q"]) == 0
+    g, h = tpk.read(out), tpk.read(case.tpk)
+    assert g.config["architecture"] == "llama" and g.config["scale_mode"] == "mul" and h.config["scale_mode"] == "div"
+    for prefix, (n, k) in tpk.linear_shapes(g.config).items():
+        qg = kernels.unpack("t2", np.ascontiguousarray(g.tensors[prefix + ".weight"]), k)
+        qh = kernels.unpack("t2", np.ascontiguousarray(h.tensors[prefix + ".weight"]), k)
+        np.testing.assert_array_equal(qg, qh, err_msg=prefix)  # Q/K: rows back in HF order
+        np.testing.assert_allclose(g.tensors[prefix + ".scale"], 1 / h.tensors[prefix + ".scale"], rtol=1e-6)
+    got = engine_logits(out, case.prompt)
+    rel_hf, _ = check_logits(got, engine_logits(case.tpk, case.prompt))
+    rel_ref, _ = check_logits(got, case.ref_logits)
+    assert rel_hf < 1e-5, rel_hf  # scales one float32 rounding apart (a multiplier for a divisor)
+    print(f"bitnet.cpp I2_S llama: max |logit diff| = {rel_hf:.2e} (safetensors route), {rel_ref:.2e} "
+          "(transformers) x max |logit|")
     assert engine_greedy(out, case.prompt, GREEDY) == case.ref_greedy
 
 
