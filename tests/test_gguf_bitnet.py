@@ -151,6 +151,12 @@ def test_i2s_malformed(capsys, tmp_path):
         at = i[q][0] - 8
         d[at:at + 8] = struct.pack("<Q", 32)
     assert "[32, 64], expected [64, 64]" in _run_error(capsys, [_edited(tmp, "shape.gguf", shape), "-o", out])
+
+    def norm_i2s(d, i):  # an I2_S where a float vector belongs
+        at = i["output_norm.weight"][0]
+        d[at:at + 4] = struct.pack("<I", gguf_bitnet.I2_S)
+    err = _run_error(capsys, [_edited(tmp, "norm.gguf", norm_i2s), "-o", out])
+    assert "'output_norm.weight' is I2_S, read only for the linear projections" in err
     assert not os.path.exists(out) and not os.path.exists(out + ".partial")
 
 
