@@ -195,8 +195,8 @@ class Server:
             return
         if not isinstance(m, str):
             raise _type_error("model", "a string", m)
-        if m != self.model_id:
-            raise ApiError(400, f"The model '{m}' does not exist; this server serves '{self.model_id}'.",
+        if m != self.model_id:   # 404 as OpenAI (and /v1/models/{name}) answer an unknown model
+            raise ApiError(404, f"The model '{m}' does not exist; this server serves '{self.model_id}'.",
                            "model", "model_not_found")
 
     def gen_request(self, body, prompt_ids, chat: bool) -> GenRequest:
