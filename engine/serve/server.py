@@ -14,6 +14,10 @@ submits a Sequence whose callbacks post tokens to the handler's asyncio.Queue th
 loop.call_soon_threadsafe; a handler that ends early (client gone, stop string) cancels its
 Sequence, which frees the slot at once. Every handler error becomes an OpenAI-style error
 body; nothing a request does can stop the server.
+
+Safety (docs/server.md, "Safety"): the API key and the cap on requests in flight are ASGI
+middleware (engine/serve/guard.py); Limits bounds body size, prompt tokens and max_tokens;
+SIGTERM stops accepting, drains in-flight requests for --shutdown-timeout and exits 0.
 """
 import argparse
 import asyncio
