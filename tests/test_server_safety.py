@@ -278,6 +278,30 @@ def test_concurrency_limit_429(limited):
     assert _post(limited.base, {"prompt": "x", "max_tokens": 1}).status_code == 200
 
 
+def test_body_that_trickles_in_is_408(model_path, tmp_path):
+    """A client that sends part of its body and stalls gets 408 after --body-timeout, and its
+    place under --max-concurrency is free again."""
+    s = Served(model_path, tmp_path, "--body-timeout", "1", "--max-concurrency", "1")
+    try:
+        sock, _ = _open_partial_request(s.port)
+        with sock:
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+                chunk = sock.recv(4096)
+                assert chunk, reply
+                reply += chunk
+        head, body = reply.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 408")
+        assert json.loads(body)["error"]["code"] == "request_timeout"
+        deadline = time.monotonic() + 10
+        while s.health()["in_flight"]:
+            assert time.monotonic() < deadline, s.health()
+            time.sleep(0.05)
+        assert _post(s.base, {"prompt": "x", "max_tokens": 1}).status_code == 200
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("flag", ["--max-body-bytes", "--max-prompt-tokens", "--max-tokens", "--max-concurrency"])
 def test_limit_flags_must_be_positive(flag):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(engine.__file__)))
@@ -289,7 +313,7 @@ def test_limit_flags_must_be_positive(flag):
 def test_default_limits():
     a = _parser().parse_args([])
     assert a.max_body_bytes == MAX_BODY_BYTES and a.max_prompt_tokens is None and a.max_tokens is None
-    assert a.max_concurrency is None and a.shutdown_timeout == 30
+    assert a.max_concurrency is None and a.shutdown_timeout == 30 and a.body_timeout == 30
 
 
 # -- SIGTERM ---------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ log = logging.getLogger("ternary.server")
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")   # the chat page
 
 MAX_BODY_BYTES = 8 << 20       # a request body beyond this is refused (413)
+BODY_TIMEOUT_S = 30.0          # a request body not in by then is refused (408)
 MAX_STOP_STRINGS = 16
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16   # OpenAI's default for /v1/completions
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -147,6 +148,7 @@ class Limits:
     """What requests may ask of the server (ternary-serve's flags). None: bounded by the
     context only (max_prompt_tokens, max_tokens), or by slots + queue (max_concurrency)."""
     max_body_bytes: int = MAX_BODY_BYTES   # 413 beyond
+    body_timeout: float = BODY_TIMEOUT_S   # seconds to receive the whole body; 408 beyond
     max_prompt_tokens: int | None = None   # 400 beyond
     max_tokens: int | None = None          # a larger max_tokens: 400; absent: clamped to it
     max_concurrency: int | None = None     # generation requests in flight; 429 beyond
@@ -457,7 +459,22 @@ def _add_error_handlers(app) -> None:
         return _error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
 
 
-async def _read_json(request, limit: int) -> dict:
+async def _read_json(request, limit: int, timeout: float) -> dict:
+    try:
+        data = await asyncio.wait_for(_read_body(request, limit), timeout)
+    except asyncio.TimeoutError:   # a body that trickles in would hold its place in flight forever
+        raise ApiError(408, f"The request body did not arrive within {timeout:g} s.", None,
+                       "request_timeout") from None
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ApiError(400, f"We could not parse the JSON body of your request ({e}).") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+async def _read_body(request, limit: int) -> bytearray:
     too_large = ApiError(413, f"The request body is larger than {limit} bytes.", None, "request_too_large")
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > limit:
@@ -467,13 +484,7 @@ async def _read_json(request, limit: int) -> dict:
         data += chunk
         if len(data) > limit:
             raise too_large
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ApiError(400, f"We could not parse the JSON body of your request ({e}).") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.")
-    return body
+    return data
 
 
 async def _watch_disconnect(request, seq: Sequence, batch: Batch):
@@ -591,7 +602,7 @@ def _add_generation_routes(app, srv) -> None:
 
     async def generate(request: Request, chat: bool):
         srv.check_ready()
-        body = await _read_json(request, srv.limits.max_body_bytes)
+        body = await _read_json(request, srv.limits.max_body_bytes, srv.limits.body_timeout)
         srv.check_model(body)
         # Off the event loop: a prompt of megabytes takes a while to tokenize, and the loop
         # serves every other stream meanwhile.
@@ -690,6 +701,9 @@ def _add_safety_args(p) -> None:
                         "(default: the environment variable TERNARY_API_KEY; unset: no key)")
     g.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N",
                    help=f"largest request body; larger get 413 (default {MAX_BODY_BYTES})")
+    g.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_S, metavar="S",
+                   help=f"seconds a client may take to send its request body; slower get 408 "
+                        f"(default {BODY_TIMEOUT_S:g})")
     g.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N",
                    help="longest prompt in tokens; longer get 400 (default: what fits the context)")
     g.add_argument("--max-tokens", type=int, default=None, metavar="N",
@@ -710,7 +724,10 @@ def _limits(args, parser) -> Limits:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.shutdown_timeout < 0:
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
-    return Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
+    if not args.body_timeout > 0:
+        parser.error(f"--body-timeout must be > 0, got {args.body_timeout}")
+    return Limits(max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
+                  max_prompt_tokens=args.max_prompt_tokens,
                   max_tokens=args.max_tokens, max_concurrency=args.max_concurrency, api_key=args.api_key)
 
 
