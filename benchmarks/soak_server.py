@@ -10,12 +10,15 @@ Starts `ternary-serve` as a subprocess on 127.0.0.1 with an API key, then:
      greedy or with a fixed seed) -> its text, finish_reason and completion tokens;
   2. soak: --clients asyncio clients (httpx) share --requests requests, each drawn at random
      (fixed seed) from: good completions and chats, streamed or not (answer must equal the
-     reference exactly), slow readers of streams (same check), streams dropped after a few
-     events, non-streamed requests abandoned by a client timeout, malformed JSON, values of
-     the wrong type, huge max_tokens, prompts beyond the context, unknown models, missing or
-     wrong API keys, bodies over --max-body-bytes. Every refusal must be an OpenAI-style
+     reference exactly), slow readers of streams and slow uploads (same check), streams
+     dropped after a few events, non-streamed requests abandoned by a client timeout,
+     malformed JSON, values of the wrong type, huge max_tokens, prompts beyond the context,
+     unknown models, missing or wrong API keys, bodies over --max-body-bytes. Every refusal
+     must be an OpenAI-style
      {"error": {"message", "type", "param", "code"}} with the right status and code.
-     Meanwhile the server's RSS (/proc/PID/status VmRSS) is sampled every 0.2 s;
+     First --warmup requests (checked the same way) bring the server to its working set
+     (KV pages, connection buffers, allocator pools); during the --requests that follow the
+     server's RSS (/proc/PID/status VmRSS) is sampled every 0.2 s;
   3. after: no slot busy, nothing queued or in flight within 5 s; a final request is served
      at once and correctly; median RSS of the soak's last quarter within 5 % of its first;
   4. drain: 8 streams open, SIGTERM: new connections are refused, every stream still ends
@@ -49,8 +52,8 @@ PROMPTS = ["Once upon a time", "The little dog", "Tom and Sue went to the park",
            "The sun was hot and", "Ben had a red ball.", "Mom said,", "There was a big tree",
            "The cat sat on the mat and", "It was a cold winter day.", "A bird flew", "The boy was sad because"]
 # kind -> weight; the good kinds make up about 60 %.
-KINDS = {"good": 30, "good_stream": 20, "slow_reader": 6, "drop_stream": 8, "abandon": 3, "malformed": 5,
-         "wrong_type": 5, "huge_max_tokens": 4, "beyond_ctx": 4, "unknown_model": 4, "no_key": 3,
+KINDS = {"good": 30, "good_stream": 20, "slow_reader": 6, "slow_upload": 3, "drop_stream": 8, "abandon": 3,
+         "malformed": 5, "wrong_type": 5, "huge_max_tokens": 4, "beyond_ctx": 4, "unknown_model": 4, "no_key": 3,
          "wrong_key": 2, "too_large": 2}
 
 
@@ -145,6 +148,22 @@ class Soak:
     async def plain(self, client, i) -> str | None:
         t = self.templates[i]
         r = await client.post(self.base + path_of(t), json=t, headers=self.auth)
+        if r.status_code != 200:
+            return f"status {r.status_code}: {r.text[:200]}"
+        got = self.answer_of(t, r.json())
+        return None if got == self.refs[i] else f"template {i}: got {got}, want {self.refs[i]}"
+
+    async def slow_upload(self, client, i) -> str | None:
+        """Template i with its body sent in 4 pieces 20 ms apart (chunked, no Content-Length)."""
+        t = self.templates[i]
+        data = json.dumps(t).encode()
+
+        async def pieces():
+            for k in range(4):
+                yield data[k * len(data) // 4:(k + 1) * len(data) // 4]
+                await asyncio.sleep(0.02)
+        r = await client.post(self.base + path_of(t), content=pieces(),
+                              headers=dict(self.auth, **{"Content-Type": "application/json"}))
         if r.status_code != 200:
             return f"status {r.status_code}: {r.text[:200]}"
         got = self.answer_of(t, r.json())
@@ -249,6 +268,8 @@ class Soak:
             return await self.plain(client, rng.randrange(len(self.templates)))
         if kind == "good_stream":
             return await self.streamed(client, rng.randrange(len(self.templates)))
+        if kind == "slow_upload":
+            return await self.slow_upload(client, rng.randrange(len(self.templates)))
         if kind == "slow_reader":
             return await self.streamed(client, rng.randrange(n_short), delay=0.01)
         if kind == "drop_stream":
@@ -258,11 +279,11 @@ class Soak:
             return await self.abandon(client, rng.randrange(len(self.templates)))
         return await self.refused(client, kind, rng)
 
-    async def client_loop(self, client, cid: int, start: asyncio.Event) -> None:
-        rng = random.Random(self.args.seed * 1000 + cid)
+    async def client_loop(self, client, cid: int, start: asyncio.Event, n: int) -> None:
+        rng = random.Random(self.args.seed * 1000 + cid + (n << 16))
         kinds, weights = list(KINDS), list(KINDS.values())
         await start.wait()
-        while self.next < self.args.requests:
+        while self.next < n:
             self.next += 1
             kind = rng.choices(kinds, weights)[0]
             self.in_flight += 1
@@ -285,14 +306,21 @@ class Soak:
             except asyncio.TimeoutError:
                 pass
 
-    async def soak(self, client, pid: int) -> dict:
-        start, stop, rss = asyncio.Event(), asyncio.Event(), []
-        tasks = [asyncio.create_task(self.client_loop(client, c, start)) for c in range(self.args.clients)]
-        sampler = asyncio.create_task(self.sample_rss(pid, rss, stop))
+    async def phase(self, client, n: int) -> float:
+        """n requests shared by --clients clients -> seconds taken."""
+        self.next, start = 0, asyncio.Event()
+        tasks = [asyncio.create_task(self.client_loop(client, c, start, n)) for c in range(self.args.clients)]
         t0 = time.monotonic()
         start.set()
         await asyncio.gather(*tasks)
-        seconds = time.monotonic() - t0
+        return time.monotonic() - t0
+
+    async def soak(self, client, pid: int) -> dict:
+        warm_s = await self.phase(client, self.args.warmup)
+        rss_warm = rss_bytes(pid)
+        stop, rss = asyncio.Event(), []
+        sampler = asyncio.create_task(self.sample_rss(pid, rss, stop))
+        seconds = await self.phase(client, self.args.requests)
         stop.set()
         await sampler
         q = max(1, len(rss) // 4)
@@ -302,7 +330,8 @@ class Soak:
             self.fail(f"RSS grew {growth:+.1%} from the first quarter ({first / 2**20:.1f} MB) to the last "
                       f"({last / 2**20:.1f} MB)")
         quarters = [statistics.median(r for _, r in rss[k * q:(k + 1) * q]) / 2**20 for k in range(4)]
-        return {"seconds": seconds, "rss_first_mb": first / 2**20, "rss_last_mb": last / 2**20,
+        return {"warmup_s": warm_s, "rss_after_warmup_mb": rss_warm / 2**20, "seconds": seconds,
+                "rss_first_mb": first / 2**20, "rss_last_mb": last / 2**20,
                 "rss_growth": growth, "rss_samples": len(rss), "rss_quarters_mb": quarters,
                 "peak_client_concurrency": self.peak}
 
@@ -393,7 +422,8 @@ async def run(args) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="the .tpk model (default: the embedded model)")
-    p.add_argument("--requests", type=int, default=1200)
+    p.add_argument("--requests", type=int, default=1200, help="requests measured (RSS sampled)")
+    p.add_argument("--warmup", type=int, default=300, help="requests before those (checked, RSS not sampled)")
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
@@ -403,13 +433,15 @@ def main() -> int:
     p.add_argument("--json", default=None, help="write the summary here too")
     args = p.parse_args()
     out = asyncio.run(run(args))
-    print(f"soak: {out['requests']} requests from {args.clients} clients (peak {out['peak_client_concurrency']} "
-          f"in flight) in {out['seconds']:.1f} s; reference run {out['reference_s']:.1f} s, ctx {out['ctx']}")
+    print(f"soak: {out['requests']} requests ({args.warmup} warm-up + {args.requests}) from {args.clients} "
+          f"clients (peak {out['peak_client_concurrency']} in flight) in {out['warmup_s']:.1f} + "
+          f"{out['seconds']:.1f} s; reference run {out['reference_s']:.1f} s, ctx {out['ctx']}")
     kinds = sorted({k.split("/")[0] for k in out["results"]})
     for k in kinds:
         ok, bad = out["results"].get(f"{k}/ok", 0), out["results"].get(f"{k}/FAIL", 0)
         print(f"  {k:16s} {ok:5d} ok {bad:5d} failed")
-    print(f"RSS: {out['rss_first_mb']:.1f} MB (first quarter median) -> {out['rss_last_mb']:.1f} MB (last), "
+    print(f"RSS: {out['rss_after_warmup_mb']:.1f} MB after the warm-up; {out['rss_first_mb']:.1f} MB (first "
+          f"quarter median) -> {out['rss_last_mb']:.1f} MB (last), "
           f"{out['rss_growth']:+.2%} over {out['rss_samples']} samples; quarter medians "
           f"{', '.join(f'{x:.1f}' for x in out['rss_quarters_mb'])} MB")
     print(f"after: health {json.dumps(out['health_after'])}; final request {out['final_request_s'] * 1000:.0f} ms")
