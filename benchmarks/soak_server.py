@@ -432,6 +432,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the summary here too")
     args = p.parse_args()
+    # Killed (a timeout): still stop the server subprocess (run's finally kills it).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"error: stopped by signal {signum}"))
     out = asyncio.run(run(args))
     print(f"soak: {out['requests']} requests ({args.warmup} warm-up + {args.requests}) from {args.clients} "
           f"clients (peak {out['peak_client_concurrency']} in flight) in {out['warmup_s']:.1f} + "
