@@ -173,6 +173,22 @@ def test_with_the_key_everything_works(keyed, eng):
     assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
 
 
+@pytest.mark.parametrize("path", ["/static/../v1/models", "/static/%2e%2e/v1/models", "/static/..%2fv1/models",
+                                  "//v1/models", "/v1/models/", "/V1/models"])
+def test_no_path_trick_reaches_a_guarded_route(keyed, path):
+    """The exempt prefix /static/ cannot be walked out of (raw request line, no client-side
+    normalisation): never 200 without the key."""
+    with socket.create_connection(("127.0.0.1", keyed.port), timeout=30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    assert status in (401, 404), reply[:300]
+    body = reply.split(b"\r\n\r\n", 1)[1]
+    assert MODEL_ID.encode() not in body and set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
+
+
 def test_health_and_chat_page_need_no_key(keyed):
     """As llama.cpp's server: /health and the web UI stay open; the page asks for the key."""
     assert keyed.health()["status"] == "ok"
