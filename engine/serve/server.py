@@ -14,6 +14,10 @@ submits a Sequence whose callbacks post tokens to the handler's asyncio.Queue th
 loop.call_soon_threadsafe; a handler that ends early (client gone, stop string) cancels its
 Sequence, which frees the slot at once. Every handler error becomes an OpenAI-style error
 body; nothing a request does can stop the server.
+
+Safety (docs/server.md, "Safety"): the API key and the cap on requests in flight are ASGI
+middleware (engine/serve/guard.py); Limits bounds body size, prompt tokens and max_tokens;
+SIGTERM stops accepting, drains in-flight requests for --shutdown-timeout and exits 0.
 """
 import argparse
 import asyncio
@@ -22,6 +26,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -31,12 +36,14 @@ from dataclasses import dataclass
 from engine.runtime.generate import TextStream
 from engine.runtime.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
 from engine.runtime.sampling import Sampler, SamplingParams
+from engine.serve.guard import ApiKeyGuard, ConcurrencyLimit, InFlight
 from engine.serve.metrics import Metrics, RequestCounter
 
 log = logging.getLogger("ternary.server")
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")   # the chat page
 
 MAX_BODY_BYTES = 8 << 20       # a request body beyond this is refused (413)
+BODY_TIMEOUT_S = 30.0          # a request body not in by then is refused (408)
 MAX_STOP_STRINGS = 16
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16   # OpenAI's default for /v1/completions
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -136,6 +143,18 @@ class GenRequest:
     include_usage: bool
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What requests may ask of the server (ternary-serve's flags). None: bounded by the
+    context only (max_prompt_tokens, max_tokens), or by slots + queue (max_concurrency)."""
+    max_body_bytes: int = MAX_BODY_BYTES   # 413 beyond
+    body_timeout: float = BODY_TIMEOUT_S   # seconds to receive the whole body; 408 beyond
+    max_prompt_tokens: int | None = None   # 400 beyond
+    max_tokens: int | None = None          # a larger max_tokens: 400; absent: clamped to it
+    max_concurrency: int | None = None     # generation requests in flight; 429 beyond
+    api_key: str | None = None             # Authorization: Bearer <key>, 401 otherwise (guard.py)
+
+
 def warm_up(engine) -> None:
     """One forward over a few tokens."""
     engine.forward(engine.tokenizer.encode("Hello")[:8] or [0])
@@ -143,8 +162,11 @@ def warm_up(engine) -> None:
 
 # -- the server ------------------------------------------------------------------------------------
 class Server:
-    def __init__(self, engine, batch: Batch, model_id: str):
+    def __init__(self, engine, batch: Batch, model_id: str, limits: Limits | None = None):
         self.engine, self.batch, self.model_id = engine, batch, model_id
+        self.limits = lim = limits or Limits()
+        self.in_flight = InFlight(lim.max_concurrency or (
+            None if batch.max_queue is None else batch.max_batch + batch.max_queue))
         self.tokenizer = engine.tokenizer
         self.ctx = engine.ctx
         self.vocab_size = engine.model.args.vocab_size
@@ -179,8 +201,8 @@ class Server:
             return
         if not isinstance(m, str):
             raise _type_error("model", "a string", m)
-        if m != self.model_id:
-            raise ApiError(400, f"The model '{m}' does not exist; this server serves '{self.model_id}'.",
+        if m != self.model_id:   # 404 as OpenAI (and /v1/models/{name}) answer an unknown model
+            raise ApiError(404, f"The model '{m}' does not exist; this server serves '{self.model_id}'.",
                            "model", "model_not_found")
 
     def gen_request(self, body, prompt_ids, chat: bool) -> GenRequest:
@@ -228,6 +250,21 @@ class Server:
                                 repetition_penalty=rep)
         return GenRequest(prompt_ids, max_tokens, params, None if seed is None else seed % 2**64, stop,
                           ignore_eos, return_token_ids, stream, include_usage)
+
+    def check_limits(self, body, req: GenRequest, chat: bool) -> None:
+        """The server's --max-prompt-tokens and --max-tokens (the context is checked already)."""
+        lim, where, n = self.limits, "messages" if chat else "prompt", len(req.prompt_ids)
+        if lim.max_prompt_tokens is not None and n > lim.max_prompt_tokens:
+            raise ApiError(400, f"The {where} is {n} tokens long; this server accepts at most "
+                                f"{lim.max_prompt_tokens} prompt tokens.", where, "context_length_exceeded")
+        if lim.max_tokens is None or req.max_tokens <= lim.max_tokens:
+            return
+        asked = next((k for k in ("max_tokens", "max_completion_tokens") if body.get(k) is not None), None)
+        if asked is None:   # the default (the rest of the context), not asked for: the cap
+            req.max_tokens = lim.max_tokens
+            return
+        raise ApiError(400, f"{asked} is too large: {req.max_tokens}. This server supports at most "
+                            f"{lim.max_tokens} completion tokens.", asked, "invalid_value")
 
     def completion_prompt(self, body) -> list[int]:
         p = body.get("prompt", _MISSING)
@@ -349,13 +386,14 @@ class Server:
         return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
 
 
-def create_app(engine, batch: Batch, model_id: str, warmup=None):
+def create_app(engine, batch: Batch, model_id: str, warmup=None, limits: Limits | None = None):
     """The FastAPI app over engine (tokenizer, chat template) and batch (closed with the app's
     lifespan). At start-up a thread runs warmup(engine) (default: warm_up, one forward) and
-    then starts batch; until then /health answers 503 {"status": "loading"}."""
+    then starts batch; until then /health answers 503 {"status": "loading"}. limits: the
+    request limits and API key (default Limits(): no key, 8 MB bodies, slots + queue in flight)."""
     from fastapi import FastAPI
 
-    srv = Server(engine, batch, model_id)
+    srv = Server(engine, batch, model_id, limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -365,6 +403,11 @@ def create_app(engine, batch: Batch, model_id: str, warmup=None):
 
     app = FastAPI(title="ternary-serve", lifespan=lifespan)
     app.state.server = srv
+    # Starlette runs the last added outermost: count every answer, refuse a bad key before
+    # the request takes a place under the concurrency cap.
+    app.add_middleware(ConcurrencyLimit, in_flight=srv.in_flight)
+    if srv.limits.api_key:
+        app.add_middleware(ApiKeyGuard, api_key=srv.limits.api_key)
     app.add_middleware(RequestCounter, metrics=srv.metrics)
     _add_error_handlers(app)
     _add_generation_routes(app, srv)
@@ -416,15 +459,12 @@ def _add_error_handlers(app) -> None:
         return _error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
 
 
-async def _read_json(request) -> dict:
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-        raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_BODY_BYTES:
-            raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+async def _read_json(request, limit: int, timeout: float) -> dict:
+    try:
+        data = await asyncio.wait_for(_read_body(request, limit), timeout)
+    except asyncio.TimeoutError:   # a body that trickles in would hold its place in flight forever
+        raise ApiError(408, f"The request body did not arrive within {timeout:g} s.", None,
+                       "request_timeout") from None
     try:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -432,6 +472,19 @@ async def _read_json(request) -> dict:
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     return body
+
+
+async def _read_body(request, limit: int) -> bytearray:
+    too_large = ApiError(413, f"The request body is larger than {limit} bytes.", None, "request_too_large")
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > limit:
+        raise too_large
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise too_large
+    return data
 
 
 async def _watch_disconnect(request, seq: Sequence, batch: Batch):
@@ -549,10 +602,13 @@ def _add_generation_routes(app, srv) -> None:
 
     async def generate(request: Request, chat: bool):
         srv.check_ready()
-        body = await _read_json(request)
+        body = await _read_json(request, srv.limits.max_body_bytes, srv.limits.body_timeout)
         srv.check_model(body)
-        prompt = srv.chat_prompt(body) if chat else srv.completion_prompt(body)
+        # Off the event loop: a prompt of megabytes takes a while to tokenize, and the loop
+        # serves every other stream meanwhile.
+        prompt = await asyncio.to_thread(srv.chat_prompt if chat else srv.completion_prompt, body)
         req = srv.gen_request(body, prompt, chat=chat)
+        srv.check_limits(body, req, chat)
         shapes, prefix = (_chat_shapes, "chatcmpl") if chat else (_completion_shapes, "cmpl")
         chunk, final = shapes(srv, f"{prefix}-{uuid.uuid4().hex}", int(time.time()))
         return await _run(srv, request, req, chunk, final, "chat" if chat else "text")
@@ -592,6 +648,7 @@ def _add_info_routes(app, srv) -> None:
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
         occ = srv.batch.occupancy()
         ok = occ["engine_alive"]
+        occ.update(in_flight=srv.in_flight.active, max_in_flight=srv.in_flight.limit)
         return JSONResponse({"status": "ok" if ok else "error", "model": srv.model_id, "ctx": srv.ctx, **occ},
                             status_code=200 if ok else 503)
 
@@ -632,7 +689,53 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, metavar="NAME",
                    help="the model id clients pass as 'model' (default: the file name without .tpk)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_safety_args(p)
     return p
+
+
+def _add_safety_args(p) -> None:
+    """The API key and the request limits (docs/server.md, "Safety")."""
+    g = p.add_argument_group("safety")
+    g.add_argument("--api-key", default=os.environ.get("TERNARY_API_KEY") or None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every route but /health and the chat page "
+                        "(default: the environment variable TERNARY_API_KEY; unset: no key)")
+    g.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N",
+                   help=f"largest request body; larger get 413 (default {MAX_BODY_BYTES})")
+    g.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_S, metavar="S",
+                   help=f"seconds a client may take to send its request body; slower get 408 "
+                        f"(default {BODY_TIMEOUT_S:g})")
+    g.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N",
+                   help="longest prompt in tokens; longer get 400 (default: what fits the context)")
+    g.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="largest max_tokens a request may ask for (400 beyond; a request without one "
+                        "gets at most N) (default: what fits the context)")
+    g.add_argument("--max-concurrency", type=int, default=None, metavar="N",
+                   help="generation requests in flight, streams included; more get 429 with Retry-After "
+                        "(default: max-batch + queue)")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
+                   help="on SIGTERM, seconds to let in-flight requests finish before cutting them "
+                        "(default 30)")
+
+
+def _limits(args, parser) -> Limits:
+    for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "max_concurrency"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.shutdown_timeout < 0:
+        parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+    if not args.body_timeout > 0:
+        parser.error(f"--body-timeout must be > 0, got {args.body_timeout}")
+    return Limits(max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
+                  max_prompt_tokens=args.max_prompt_tokens,
+                  max_tokens=args.max_tokens, max_concurrency=args.max_concurrency, api_key=args.api_key)
+
+
+def _exit_cleanly(signum, frame):
+    """SIGTERM before uvicorn listens (still loading), and again after its graceful shutdown:
+    uvicorn re-raises the signal it caught once it has drained, which by default would end the
+    process with status 143. Either way the process has nothing left to do: status 0."""
+    raise SystemExit(0)
 
 
 def main(argv=None) -> int:
@@ -644,7 +747,9 @@ def main(argv=None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.queue < 0:
         parser.error(f"--queue must be >= 0, got {args.queue}")
+    limits = _limits(args, parser)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _exit_cleanly)
 
     import uvicorn
 
@@ -661,8 +766,14 @@ def main(argv=None) -> int:
     kv = batch.caches[0].nbytes
     log.info("model %s: ctx %d, %d slots, KV cache up to %.0f MB per slot (%.0f MB in all, touched lazily)",
              model_id, engine.ctx, args.max_batch, kv / 2**20, kv * args.max_batch / 2**20)
-    app = create_app(engine, batch, model_id)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    if not limits.api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s without an API key: anyone who can reach it can use it "
+                    "(--api-key or TERNARY_API_KEY)", args.host)
+    app = create_app(engine, batch, model_id, limits=limits)
+    # SIGTERM: uvicorn stops accepting, lets in-flight requests (streams included) finish for
+    # up to --shutdown-timeout, then the app's lifespan closes the batch.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.shutdown_timeout)
     return 0
 
 

@@ -5,6 +5,17 @@ const $ = (id) => document.getElementById(id);
 const log = $("log"), form = $("form"), promptBox = $("prompt"), modelSel = $("model"), statusEl = $("status");
 let history = [];          // [{role, content}] of this chat
 let controller = null;     // AbortController of the reply being streamed
+// The server's --api-key, when it has one: the page itself is served without it (as
+// llama.cpp's web UI), asks for it on the first 401 and keeps it in this browser.
+const keyBox = $("api-key");
+const KEY_ITEM = "ternary-api-key";
+keyBox.value = localStorage.getItem(KEY_ITEM) || "";
+const authHeaders = () => (keyBox.value ? { Authorization: "Bearer " + keyBox.value } : {});
+function askForKey(message) {
+  keyBox.hidden = false; keyBox.focus();
+  setStatus(message, "err");
+}
+keyBox.addEventListener("change", () => { localStorage.setItem(KEY_ITEM, keyBox.value); loadModels(); });
 
 function setStatus(text, cls) { statusEl.textContent = text; statusEl.className = "status " + (cls || ""); }
 
@@ -15,7 +26,8 @@ for (const id of ["temperature", "top-p"]) {
 
 async function loadModels() {
   try {
-    const r = await fetch("v1/models");
+    const r = await fetch("v1/models", { headers: authHeaders() });
+    if (r.status === 401) { askForKey(keyBox.value ? "wrong API key" : "API key needed"); return; }
     const models = r.ok ? (await r.json()).data : [];
     if (!models.length) { setStatus("model loading…"); setTimeout(loadModels, 1000); return; }
     const keep = modelSel.value;
@@ -90,12 +102,13 @@ async function send(text) {
   };
   try {
     const r = await fetch("v1/chat/completions", {
-      method: "POST", headers: { "Content-Type": "application/json" }, signal: controller.signal,
+      method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, signal: controller.signal,
       body: JSON.stringify({
         model: modelSel.value || undefined, messages, stream: true, stream_options: { include_usage: true },
         temperature: +$("temperature").value, top_p: +$("top-p").value, max_tokens: +$("max-tokens").value,
       }),
     });
+    if (r.status === 401) askForKey("API key needed");
     if (!r.ok) {
       let msg = r.status + " " + r.statusText;
       try { msg = (await r.json()).error.message; } catch (e) { /* not JSON */ }

@@ -1,0 +1,116 @@
+"""The chat page of a ternary-serve started with --api-key, in headless Chromium (Selenium):
+the page itself loads without the key (as llama.cpp's web UI), asks for the key on the
+first 401, says so when it is wrong, and with the right one lists the model and streams a
+reply; the key is kept in the browser across a reload."""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+import engine
+from engine.runtime.generate import DEFAULT_MODEL
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome"))), None)
+KEY = "page-key-123"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary found "
+                                                          "(apt-get install chromium chromium-driver)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    assert DEFAULT_MODEL.exists(), "the embedded default model is not built"
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(engine.__file__)), os.environ.get("PYTHONPATH", "")]))
+    env.pop("TERNARY_API_KEY", None)
+    log = open(tmp_path_factory.mktemp("chat-key-log") / "server.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "engine.serve", "--port", str(port), "--api-key", KEY,
+                             "--threads", "1", "--max-batch", "2", "--log-level", "warning"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read()}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server did not start within 60 s"
+        time.sleep(0.2)
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def driver():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=1100,720", "--no-first-run", "--disable-extensions"):
+        opts.add_argument(a)
+    driver_path = shutil.which("chromedriver")
+    d = webdriver.Chrome(options=opts, service=Service(driver_path) if driver_path else Service())
+    d.set_page_load_timeout(30)
+    yield d
+    d.quit()
+
+
+def _enter_key(d, key: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = d.find_element(By.ID, "api-key")
+    box.clear()
+    box.send_keys(key, Keys.TAB)   # leaving the field commits it (a change event)
+
+
+def test_chat_page_asks_for_the_key_then_streams(server, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    assert httpx.get(server + "/v1/models").status_code == 401
+    driver.get(server + "/")
+    wait = WebDriverWait(driver, 30)
+    status = lambda d: d.find_element(By.ID, "status").text  # noqa: E731
+    wait.until(lambda d: status(d) == "API key needed")
+    assert driver.find_element(By.ID, "api-key").is_displayed()
+    _enter_key(driver, "not-the-key")
+    wait.until(lambda d: status(d) == "wrong API key")
+    _enter_key(driver, KEY)
+    model_id = httpx.get(server + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]["id"]
+    wait.until(lambda d: [o.get_attribute("value") for o in Select(d.find_element(By.ID, "model")).options]
+               == [model_id])
+    assert status(driver) == "ready"
+    driver.find_element(By.ID, "prompt").send_keys("Tell me a story.")
+    driver.find_element(By.ID, "send").click()
+    stats = wait.until(lambda d: re.search(r"(\d+) tokens · .* · (stop|length)$",
+                                           d.find_element(By.CSS_SELECTOR, ".msg.assistant .stats").text))
+    assert int(stats.group(1)) >= 1
+    assert not driver.find_elements(By.CSS_SELECTOR, ".msg.error")
+    # kept in this browser: a reload needs no key typed
+    driver.refresh()
+    wait.until(lambda d: status(d) == "ready")
+    assert driver.find_element(By.ID, "api-key").get_attribute("value") == KEY
