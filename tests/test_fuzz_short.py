@@ -25,7 +25,11 @@ def test_fuzz_short(target, tmp_path):
     cmd = [sys.executable, targets.script(target), str(work), seeds,
            f"-max_total_time={SECONDS}", f"-seed={SEED}", f"-artifact_prefix={tmp_path}{os.sep}",
            "-print_final_stats=1"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=SECONDS * 5 + 120)
+    # One thread everywhere: the per-input limit is CPU time, which spinning BLAS/OpenMP worker
+    # threads inflate on a busy machine (seen as a false hang under load).
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=SECONDS * 5 + 120)
     out = proc.stdout + proc.stderr
     crashes = [p for p in os.listdir(tmp_path) if p.startswith(("crash-", "timeout-", "oom-", "leak-"))]
     if proc.returncode != 0:
