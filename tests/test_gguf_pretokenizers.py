@@ -32,7 +32,7 @@ TEXT = ("Hello, World! It's 2026; we've got 1234567 numbers, 3.14159, 42nd and 1
         "def f(x):\n    return x**2 + 0x1F  # comment\n\tif a != b: print(\"ok\")\r\n"
         "emoji \U0001f642\U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469\u200d\U0001f467 \u2764\ufe0f "
         "\U0001f1ef\U0001f1f5  \u3000 \u00a0end   \n\n"
-        "<sentinel:12> IMGIMGABZ x=y<=z|w~v^u`t   \n  \n")
+        "<sentinel:12> IMGIMGABZ x=y<=z|w~v^u`t <|end_of_text|>tail   \n  \n")
 
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 
@@ -50,7 +50,7 @@ def vocab():
 
     tk = HF(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=[BOS, EOS], show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=450, special_tokens=[BOS, EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     corpus = [TEXT, TEXT.lower(), TEXT.upper(), " ".join(TEXT.split()[::-1]), "0123456789 " * 20]
     tk.train_from_iterator(corpus, trainer)
@@ -69,10 +69,12 @@ def vocab():
     return tokens, types, merges
 
 
-def write_vocab_gguf(path, pre, vocab):
-    """A vocabulary-only llama GGUF (hyperparameters but no tensors: llama-tokenize loads
-    vocab_only), its tokenizer keys as convert_hf_to_gguf.py _set_vocab_gpt2 writes them."""
+def write_vocab_gguf(path, pre, vocab, tensors=False):
+    """A llama GGUF, its tokenizer keys as convert_hf_to_gguf.py _set_vocab_gpt2 writes them;
+    no tensors (llama-tokenize loads vocab_only) unless `tensors`: then a random one-layer
+    model that ternary-convert takes."""
     import gguf
+    import numpy as np
 
     tokens, types, merges = vocab
     w = gguf.GGUFWriter(str(path), "llama")
@@ -92,6 +94,13 @@ def write_vocab_gguf(path, pre, vocab):
     w.add_token_merges(merges)
     w.add_bos_token_id(tokens.index(BOS))
     w.add_eos_token_id(tokens.index(EOS))
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd": (len(tokens), 64), "output_norm": (64,), "blk.0.attn_norm": (64,),
+              "blk.0.ffn_norm": (64,), "blk.0.attn_q": (64, 64), "blk.0.attn_k": (64, 64),
+              "blk.0.attn_v": (64, 64), "blk.0.attn_output": (64, 64), "blk.0.ffn_gate": (128, 64),
+              "blk.0.ffn_up": (128, 64), "blk.0.ffn_down": (64, 128)}
+    for name, shape in shapes.items() if tensors else ():
+        w.add_tensor(f"{name}.weight", rng.standard_normal(shape).astype(np.float32) * 0.05)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -122,7 +131,21 @@ def test_ids_equal_llama_tokenize(pre, vocab, llama_tokenize, tmp_path):
     want = theirs(llama_tokenize, path, text_path)
     got = tok.encode(TEXT)
     assert got == want, f"{pre}: first difference at {next(i for i, (a, b) in enumerate(zip(got + [-1], want + [-1])) if a != b)}"
-    assert tok.decode(got) == TEXT
+    assert tok.decode(got, skip_special_tokens=False) == TEXT
+
+
+def test_converted_model_keeps_the_split(vocab, llama_tokenize, tmp_path):
+    """ternary-convert -> .tpk -> Engine: the split survives the file (tokenizer pre_split)."""
+    from engine import Engine
+    from engine.convert import convert
+
+    path, text_path, out = tmp_path / "m.gguf", tmp_path / "text.txt", tmp_path / "m.tpk"
+    write_vocab_gguf(path, "llama-bpe", vocab, tensors=True)
+    text_path.write_bytes(TEXT.encode("utf-8"))
+    convert(str(path), str(out), progress=False)
+    eng = Engine(str(out))
+    assert eng.tokenizer.pre_split == "llama3" and eng.tokenizer.add_bos
+    assert eng.tokenizer.encode(TEXT) == theirs(llama_tokenize, path, text_path)
 
 
 def test_missing_pre_is_default(vocab, llama_tokenize, tmp_path):

@@ -180,14 +180,16 @@ _wide_cache: dict = {}
 _compiled: dict = {}
 
 
+_categories = []  # [compiled regex], built on first use
+
+
 def _category(ch: str) -> str | None:
     """One of N L P M S for a non-ASCII code point, None for the rest (C*, Z*, unassigned)."""
-    import regex  # Unicode tables newer than the interpreter's unicodedata, as llama.cpp's
+    if not _categories:
+        import regex  # Unicode tables newer than the interpreter's unicodedata, as llama.cpp's
 
-    m = _category.pattern.match(ch) if hasattr(_category, "pattern") else None
-    if not hasattr(_category, "pattern"):
-        _category.pattern = regex.compile(r"(?P<N>\p{N})|(?P<L>\p{L})|(?P<P>\p{P})|(?P<M>\p{M})|(?P<S>\p{S})")
-        m = _category.pattern.match(ch)
+        _categories.append(regex.compile(r"(?P<N>\p{N})|(?P<L>\p{L})|(?P<P>\p{P})|(?P<M>\p{M})|(?P<S>\p{S})"))
+    m = _categories[0].match(ch)
     return m.lastgroup if m else None
 
 
