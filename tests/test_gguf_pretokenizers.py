@@ -21,7 +21,7 @@ from engine.runtime.tokenizer import Tokenizer
 from llama_cpp_tools import llama_cpp_source, llama_cpp_tool
 
 TEXT = ("Hello, World! It's 2026; we've got 1234567 numbers, 3.14159, 42nd and 1,000,000.\n"
-        "I'M sure THEY'RE here; you'LL see. Don't.\n"
+        "I'M sure THEY'RE here; you'LL see. Don't. it'sfine, we'llgo\n"
         "\u00dcn\u00efc\u00f6d\u00e9 \u00dcBER stra\u00dfe \u2014 caf\u00e9 \u00abna\u00efve\u00bb \u00c0\u00c9\u00ce\u00d5\u00dc  "
         "Stra\u00dfenbahnHALTESTELLE\n"
         "\u041f\u0440\u0438\u0432\u0435\u0442, \u043c\u0438\u0440! \u0395\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac. "
@@ -49,8 +49,10 @@ def vocab():
     from tokenizers import Tokenizer as HF, models, pre_tokenizers, trainers
 
     tk = HF(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=450, special_tokens=[BOS, EOS], show_progress=False,
+    # No word split while training: merges then cross every boundary some pre-tokenizer draws
+    # (digits, punctuation, spaces, scripts), so each split shows in the ids.
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=[BOS, EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     corpus = [TEXT, TEXT.lower(), TEXT.upper(), " ".join(TEXT.split()[::-1]), "0123456789 " * 20]
     tk.train_from_iterator(corpus, trainer)
@@ -131,7 +133,8 @@ def test_ids_equal_llama_tokenize(pre, vocab, llama_tokenize, tmp_path):
     want = theirs(llama_tokenize, path, text_path)
     got = tok.encode(TEXT)
     assert got == want, f"{pre}: first difference at {next(i for i, (a, b) in enumerate(zip(got + [-1], want + [-1])) if a != b)}"
-    assert tok.decode(got, skip_special_tokens=False) == TEXT
+    body = got[1:] if tok.add_bos else got
+    assert tok.decode(body, skip_special_tokens=False) == TEXT
 
 
 def test_converted_model_keeps_the_split(vocab, llama_tokenize, tmp_path):

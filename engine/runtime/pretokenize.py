@@ -250,9 +250,27 @@ def _compile(expr: str):
     if expr not in _compiled:
         collapsed = _uses_categories(expr)
         py = _collapse_regex(expr) if collapsed else expr
-        py = re.sub(r"(?<!\\)\$", r"\\Z", py)
+        py = _end_anchor(py)
         _compiled[expr] = (re.compile(py, re.ASCII), collapsed)
     return _compiled[expr]
+
+
+def _end_anchor(expr: str) -> str:
+    """Every $ outside a character class -> \\Z."""
+    out, inside, i = [], False, 0
+    while i < len(expr):
+        ch = expr[i]
+        if ch == "\\":
+            out.append(expr[i:i + 2])
+            i += 2
+            continue
+        if ch == "[" and not inside:
+            inside = True
+        elif ch == "]" and inside:
+            inside = False
+        out.append("\\Z" if ch == "$" and not inside else ch)
+        i += 1
+    return "".join(out)
 
 
 def _regex_pieces(view: str, pattern, lengths: list[int]) -> list[int]:
