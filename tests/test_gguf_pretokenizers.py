@@ -71,14 +71,10 @@ def vocab():
     return tokens, types, merges
 
 
-def write_vocab_gguf(path, pre, vocab, tensors=False):
-    """A llama GGUF, its tokenizer keys as convert_hf_to_gguf.py _set_vocab_gpt2 writes them;
-    no tensors (llama-tokenize loads vocab_only) unless `tensors`: then a random one-layer
-    model that ternary-convert takes."""
+def _llama_writer(path, n_vocab):
+    """A GGUFWriter with the hyperparameters llama.cpp's loader needs even for vocab_only."""
     import gguf
-    import numpy as np
 
-    tokens, types, merges = vocab
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(256)
     w.add_embedding_length(64)
@@ -87,7 +83,25 @@ def write_vocab_gguf(path, pre, vocab, tensors=False):
     w.add_head_count(4)
     w.add_head_count_kv(4)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(len(tokens))
+    w.add_vocab_size(n_vocab)
+    return w
+
+
+def _close(w):
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def write_vocab_gguf(path, pre, vocab, tensors=False):
+    """A llama GGUF, its tokenizer keys as convert_hf_to_gguf.py _set_vocab_gpt2 writes them;
+    no tensors (llama-tokenize loads vocab_only) unless `tensors`: then a random one-layer
+    model that ternary-convert takes."""
+    import numpy as np
+
+    tokens, types, merges = vocab
+    w = _llama_writer(path, len(tokens))
     w.add_tokenizer_model("gpt2")
     if pre is not None:
         w.add_tokenizer_pre(pre)
@@ -103,10 +117,7 @@ def write_vocab_gguf(path, pre, vocab, tensors=False):
               "blk.0.ffn_up": (128, 64), "blk.0.ffn_down": (64, 128)}
     for name, shape in shapes.items() if tensors else ():
         w.add_tensor(f"{name}.weight", rng.standard_normal(shape).astype(np.float32) * 0.05)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _close(w)
 
 
 def ours(path):
@@ -149,6 +160,32 @@ def test_converted_model_keeps_the_split(vocab, llama_tokenize, tmp_path):
     eng = Engine(str(out))
     assert eng.tokenizer.pre_split == "llama3" and eng.tokenizer.add_bos
     assert eng.tokenizer.encode(TEXT) == theirs(llama_tokenize, path, text_path)
+
+
+def test_sentencepiece_ids_equal_llama_tokenize(llama_tokenize, tmp_path):
+    """tokenizer.ggml.model "llama" (SPM: no pre-tokenizer, pre "default"): a SentencePiece BPE
+    with byte fallback trained here, written as convert_hf_to_gguf.py does (checkpoints.py)."""
+    import io
+
+    import sentencepiece as spm
+    from checkpoints import _gguf_sentencepiece_vocab
+
+    model = io.BytesIO()
+    lines = "\n".join([TEXT, TEXT.lower(), TEXT.upper()] * 3).split("\n")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=700, model_type="bpe",
+        byte_fallback=True, character_coverage=0.98, split_digits=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", minloglevel=2)
+    path, text_path = tmp_path / "spm.gguf", tmp_path / "text.txt"
+    w = _llama_writer(path, 700)
+    _gguf_sentencepiece_vocab(w, model.getvalue(), 700)
+    _close(w)
+    text_path.write_bytes(TEXT.encode("utf-8"))
+    tok, config = ours(path)
+    assert config["type"] == "sentencepiece"
+    got = tok.encode(TEXT)
+    assert any(tok.token_text(i).startswith("<0x") for i in got)  # byte fallback is exercised
+    assert got == theirs(llama_tokenize, path, text_path)
 
 
 def test_missing_pre_is_default(vocab, llama_tokenize, tmp_path):
