@@ -26,6 +26,7 @@ import numpy as np
 
 from engine.convert import gguf_bitnet
 from engine.formats import tpk
+from engine.runtime import pretokenize
 from engine.convert.source import EOT_TOKENS, MALFORMED, ConvertError, Linear, SrcTensor, TensorSet
 
 GGUF_PROJ = {"attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v", "attn.o": "attn_output",
@@ -35,13 +36,6 @@ ARCHS = ("llama", "bitnet", "bitnet-b1.58")  # the last two: bitnet.cpp's (gguf_
 
 # llama.cpp token types = SentencePiece piece types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-
-# Pre-tokenizer split patterns by tokenizer.ggml.pre (llama.cpp src/llama-vocab.cpp).
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_PRE = ("llama3", "llama-v3", "llama-bpe", "falcon3")
-GPT2_PRE = ("gpt-2",)
-
 
 # GGUF value types (gguf GGUFValueType) -> bytes per value; string and array are variable.
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -366,9 +360,12 @@ def gguf_tokenizer(meta, vocab_size, path):
         add_bos_default = True
     elif model == "gpt2":
         kind = "hf"
-        data = bpe_tokenizer_json(tokens, meta("tokenizer.ggml.merges") or [], types,
-                                  meta("tokenizer.ggml.pre", "gpt-2"), path)
-        add_bos_default = False
+        try:  # llama.cpp: a missing tokenizer.ggml.pre means "default"
+            pre = pretokenize.gguf_pre(meta("tokenizer.ggml.pre"))
+        except pretokenize.PreTokenizerError as e:
+            raise ConvertError(f"{path}: {e}") from None
+        data = bpe_tokenizer_json(tokens, meta("tokenizer.ggml.merges") or [], types, pre["ignore_merges"], path)
+        add_bos_default = pre["add_bos"]
     else:
         raise ConvertError(f"{path}: GGUF tokenizer model {model!r} is not supported (llama, gpt2)")
 
@@ -376,9 +373,12 @@ def gguf_tokenizer(meta, vocab_size, path):
         return int(i) if i is not None and 0 <= int(i) < vocab_size else None
 
     template = meta("tokenizer.chat_template")
-    return {"type": kind, "bos_id": valid(bos), "eos_id": valid(eos), "eot_id": valid(eot),
-            "add_bos": bool(meta("tokenizer.ggml.add_bos_token", add_bos_default)) and valid(bos) is not None,
-            "chat_template": template if isinstance(template, str) else None}, data
+    config = {"type": kind, "bos_id": valid(bos), "eos_id": valid(eos), "eot_id": valid(eot),
+              "add_bos": bool(meta("tokenizer.ggml.add_bos_token", add_bos_default)) and valid(bos) is not None,
+              "chat_template": template if isinstance(template, str) else None}
+    if kind == "hf":  # the words -> BPE split, by llama.cpp's regexes (engine/runtime/pretokenize.py)
+        config["pre_split"] = pre["type"]
+    return config, data
 
 
 def _varint(n):
@@ -425,20 +425,16 @@ def sentencepiece_proto(pieces, scores, types, add_dummy_prefix, unk_id, bos_id,
     return bytes(out)
 
 
-def bpe_tokenizer_json(tokens, merges, types, pre, path):
-    """A byte-level BPE tokenizer.json (GPT-2 / Llama-3 style) from GGUF vocab and merges."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+def bpe_tokenizer_json(tokens, merges, types, ignore_merges, path):
+    """A byte-level BPE tokenizer.json (GPT-2 / Llama-3 style) from GGUF vocab and merges.
 
-    if pre in LLAMA3_PRE:
-        pre_tok = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        ignore_merges = True  # Llama-3 tokenizer.json: a pre-token found in the vocab is one token
-    elif pre in GPT2_PRE:
-        pre_tok, ignore_merges = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), False
-    else:
-        raise ConvertError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported "
-                           f"({', '.join(LLAMA3_PRE + GPT2_PRE)})")
+    Its pre-tokenizer only maps bytes to GPT-2's printable characters: the split into words
+    before it is llama.cpp's, done by engine.runtime.pretokenize (the .tpk tokenizer config's
+    pre_split), because llama.cpp's regex dialect is not the one tokenizers runs.
+    ignore_merges: a word found whole in the vocabulary is one token (llama.cpp's flag)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    pre_tok = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     vocab = {}
     for i, tok in enumerate(tokens):
         vocab.setdefault(tok, i)

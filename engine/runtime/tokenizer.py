@@ -7,11 +7,16 @@
     piece = stream.push(next_id)                     # "" until a whole character is known
 
 The .tpk config (docs/CONTRACTS.md, ``tokenizer``) is the source of truth for bos/eos/eot
-and add_bos; the tokenizer file itself only fills in keys the config lacks.
+and add_bos; the tokenizer file itself only fills in keys the config lacks. Its ``pre_split``
+(GGUF byte-level BPE models) names the llama.cpp pre-tokenizer type whose regexes split text
+into words before the BPE merges (engine/runtime/pretokenize.py); the tokenizer.json of such a
+model then only maps bytes.
 """
 from __future__ import annotations
 
 import re
+
+from engine.runtime import pretokenize
 
 KINDS = ("sentencepiece", "hf")
 
@@ -172,8 +177,27 @@ class SentencePieceTokenizer(Tokenizer):
         return "".join(out)
 
 
+class _LlamaCppSplit:
+    """A tokenizers custom pre-tokenizer: each piece -> llama.cpp's words (empty ones dropped)."""
+
+    def __init__(self, pre_type: str):
+        self.pre_type = pre_type
+
+    def _words(self, i, piece):
+        out, start = [], 0
+        for word in pretokenize.split(self.pre_type, str(piece)):
+            if word:
+                out.append(piece[start:start + len(word)])
+            start += len(word)
+        return out
+
+    def pre_tokenize(self, pretok):
+        pretok.split(self._words)
+
+
 class HFTokenizer(Tokenizer):
     kind = "hf"
+    pre_split: str | None = None
 
     def __init__(self, data: bytes, config: dict):
         from tokenizers import Tokenizer as _HF
@@ -200,7 +224,23 @@ class HFTokenizer(Tokenizer):
         self._init_common(config, find("<|begin_of_text|>", "<s>", "<bos>"),
                           find("<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>"),
                           find("<|eot_id|>", "<|im_end|>", "<end_of_turn>"))
+        if config.get("pre_split") is not None:
+            self._install_pre_split(config["pre_split"])
         self._decode(self._encode(_PROBE, True), False)  # TokenizerError if it cannot work
+
+    def _install_pre_split(self, pre_type):
+        """llama.cpp's word split (pretokenize.split) in front of the byte mapping; the
+        tokenizers library hands it the text between special tokens, as llama.cpp does."""
+        from tokenizers import pre_tokenizers
+        from tokenizers.pre_tokenizers import PreTokenizer
+
+        if not isinstance(pre_type, str) or pre_type not in pretokenize.TYPES:
+            raise TokenizerError(f"tokenizer pre_split {pre_type!r} is not a llama.cpp pre-tokenizer type "
+                                 f"this engine implements")
+        self.pre_split = pre_type
+        self.tok.pre_tokenizer = pre_tokenizers.Sequence([
+            PreTokenizer.custom(_LlamaCppSplit(pre_type)),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
     def token_text(self, i: int) -> str:
         return self.tok.id_to_token(int(i)) or ""
