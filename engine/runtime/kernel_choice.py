@@ -32,6 +32,7 @@ import logging
 import mmap
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from engine import kernels as K
@@ -149,13 +150,13 @@ class KernelPlan:
                 "probe_s": self.probe_s, "probes": self.probes}
 
 
-def _probe_times(sig, layouts, plan: KernelPlan, cache, fresh: bool) -> dict:
+def _probe_times(sig, layouts, plan: KernelPlan, cache) -> dict:
     """{layout: [seconds per bucket]} for one group: the sum of its members' probes."""
     times = {layout: [0.0] * len(BUCKETS) for layout in layouts}
     for b, m in enumerate(PROBE_M):
         for n, k in sig:
             keys = {layout: kernel_probe.key(layout, n, k, m, plan.isa, plan.threads) for layout in layouts}
-            missing = [lay for lay in layouts if fresh or cache.get(keys[lay]) is None]
+            missing = [lay for lay in layouts if cache.get(keys[lay]) is None]
             if missing:
                 t0 = time.perf_counter()
                 for layout, s in kernel_probe.measure(n, k, m, missing, cold=b < 2).items():
@@ -197,7 +198,7 @@ def _decide(sig, s: Settings, plan: KernelPlan, cache) -> tuple[tuple, str]:
         out.update({b: per_bucket[b] if s.repack == "dual" else single for b in auto})
         source = "table"
     elif auto:
-        plan.times[sig] = times = _probe_times(sig, candidates, plan, cache, s.probe == "fresh")
+        plan.times[sig] = times = _probe_times(sig, candidates, plan, cache)
         out.update(_combine(times, auto, s.repack, plan.file_layout))
         source = "probe"
     layouts = tuple(out[b] for b in range(len(BUCKETS)))
@@ -210,8 +211,8 @@ def _decide(sig, s: Settings, plan: KernelPlan, cache) -> tuple[tuple, str]:
 def _release_file_pages(arr) -> None:
     """Drop the resident pages of the read-only file mapping under arr (they refault from the
     page cache if touched again): after a full repack the file's weights are not read."""
-    while arr is not None and not isinstance(arr, mmap.mmap):
-        arr = getattr(arr, "base", None)
+    while arr is not None and not isinstance(arr, mmap.mmap):  # ndarray .base ... memoryview .obj
+        arr = arr.obj if isinstance(arr, memoryview) else getattr(arr, "base", None)
     if arr is not None and hasattr(arr, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
         try:
             arr.madvise(mmap.MADV_DONTNEED)
@@ -219,22 +220,37 @@ def _release_file_pages(arr) -> None:
             pass
 
 
+def _repack(file_layout: str, jobs: list) -> list:
+    """Packed weights for each (Linear, layout) job, from the file's layout; pack and unpack
+    release the GIL, so the jobs run on the kernel thread count."""
+    def one(job):
+        lin, layout = job
+        return K.pack(layout, K.unpack(file_layout, lin.weight, lin.k))
+    if len(jobs) < 2 or K.threads() < 2:
+        return [one(j) for j in jobs]
+    with ThreadPoolExecutor(max_workers=K.threads()) as ex:
+        return list(ex.map(one, jobs))
+
+
 def _apply(model, plan: KernelPlan) -> None:
     """Every Linear gets .plan (layout per bucket) and .packed {layout: weights} for exactly
     the layouts its plan uses (repacked from the file's where needed)."""
-    t0, extra, file_used = time.perf_counter(), 0, False
+    t0, jobs, uses = time.perf_counter(), [], []
     for L in model.layers:
         for names in GROUPS:
             group = [getattr(L, n) for n in names]
             layouts = plan.choices[tuple((lin.weight.shape[0], lin.k) for lin in group)]
             for lin in group:
                 have = {**getattr(lin, "packed", {}), plan.file_layout: lin.weight}
-                for layout in set(layouts) - set(have):
-                    have[layout] = K.pack(layout, K.unpack(plan.file_layout, lin.weight, lin.k))
-                lin.packed = {lay: have[lay] for lay in set(layouts)}
-                lin.plan = layouts
-                extra += sum(w.nbytes for lay, w in lin.packed.items() if lay != plan.file_layout)
-                file_used |= plan.file_layout in layouts
+                jobs += [(lin, lay) for lay in sorted(set(layouts) - set(have))]
+                uses.append((lin, layouts, {lay: have[lay] for lay in set(layouts) if lay in have}))
+    made = dict(zip(((id(lin), lay) for lin, lay in jobs), _repack(plan.file_layout, jobs)))
+    extra, file_used = 0, False
+    for lin, layouts, packed in uses:
+        packed.update({lay: made[(id(lin), lay)] for lay in set(layouts) - set(packed)})
+        lin.packed, lin.plan = packed, layouts
+        extra += sum(w.nbytes for lay, w in packed.items() if lay != plan.file_layout)
+        file_used |= plan.file_layout in layouts
     plan.repacked_bytes, plan.repack_s = extra, time.perf_counter() - t0
     if extra and not file_used and model.layers:
         _release_file_pages(model.layers[0].q.weight)
@@ -244,8 +260,8 @@ def choose(model, settings: Settings | None = None) -> KernelPlan:
     """Choose and apply a layout per bucket for every linear group of a ternary model."""
     s = settings or Settings.from_env()
     plan = KernelPlan(K.active_isa(), K.threads(), model.args.weight_format)
-    cache = kernel_probe.ProbeCache(s.cache_path or kernel_probe.default_cache_path()) \
-        if s.probe != "off" else None
+    cache = kernel_probe.ProbeCache(s.cache_path or kernel_probe.default_cache_path(),
+                                    fresh=s.probe == "fresh") if s.probe != "off" else None
     sources = set()
     for L in model.layers:
         for names in GROUPS:

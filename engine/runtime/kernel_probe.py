@@ -64,12 +64,14 @@ def key(layout: str, n: int, k: int, m: int, isa: str, threads: int) -> str:
 
 
 class ProbeCache:
-    """Probe timings on disk: get() before measuring, put() then save() after."""
+    """Probe timings on disk: get() before measuring, put() then save() after. fresh: get()
+    sees only what was put since (the file's other entries are kept and saved back)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, fresh: bool = False):
         self.path = path
         self.entries: dict[str, float] = {}
         self.dirty = False
+        self.fresh, self.new = fresh, set()
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -79,10 +81,11 @@ class ProbeCache:
             pass
 
     def get(self, k: str) -> float | None:
-        return self.entries.get(k)
+        return self.entries.get(k) if not self.fresh or k in self.new else None
 
     def put(self, k: str, seconds: float) -> None:
         self.entries[k] = float(seconds)
+        self.new.add(k)
         self.dirty = True
 
     def save(self) -> bool:
@@ -121,17 +124,20 @@ def measure(n: int, k: int, m: int, layouts, cold: bool) -> dict[str, float]:
     """Seconds per ternary_linear call [m, k] x [n, k]^T for each layout (best of ROUNDS
     alternating rounds, each at least MIN_SECONDS and one pass over the copies)."""
     mats, q, s, out = _operands(n, k, m, layouts, cold)
+    # One thread runs the kernel on this thread: its CPU time is the figure a busy machine
+    # disturbs least (time spent descheduled does not count). More threads: wall time.
+    clock = time.thread_time if K.threads() == 1 else time.perf_counter
     best = {layout: float("inf") for layout in layouts}
     order = list(layouts)
     for r in range(ROUNDS):
         for layout in order[r % len(order):] + order[:r % len(order)]:
             ws = mats[layout]
             K.ternary_linear(layout, ws[-1], k, q, s, 1.0, out=out)  # warm the code path
-            calls, t0 = 0, time.perf_counter()
+            calls, t0 = 0, clock()
             while True:
                 K.ternary_linear(layout, ws[calls % len(ws)], k, q, s, 1.0, out=out)
                 calls += 1
-                dt = time.perf_counter() - t0
+                dt = clock() - t0
                 if calls >= len(ws) and dt >= MIN_SECONDS:
                     break
             best[layout] = min(best[layout], dt / calls)
