@@ -43,7 +43,10 @@ Columns: bits/w = bytes of the packed linear weights x 8 / their count (padding 
 weights MB/tok = bytes one decode step must read (every linear plus the lm_head; the embedding
 row is negligible); GB/s = that x tg tok/s; %DRAM = GB/s / the bandwidth measured just before
 (median over repetitions, see 3.); x fp16 = tok/s over the fp16 model's at the same threads;
-peak RSS = the worker's VmHWM over the configuration (mapped weights + KV cache + buffers).
+peak RSS = the worker's VmHWM over the configuration (mapped weights + KV cache + buffers);
+kernels gemv/few/gemm = the layout each M bucket ran (engine/runtime/kernel_choice.py: a t2 file
+may run tl2; bits/w and MB/tok stay the file's). --kernel a,b,...: each ternary model once per
+TERNARY_KERNEL value, labelled "FORMAT k=VALUE"; every choice must give identical logits.
 
 --llama-bench PATH (llama.cpp's llama-bench; llama-quantize from the same directory or
 --llama-quantize): the f16 model is written as GGUF with the `gguf` package (architecture
