@@ -252,3 +252,13 @@ def test_each_call_runs_its_buckets_layout(tiny, monkeypatch):
     monkeypatch.setattr(kernels, "ternary_linear_fused", spy)
     outputs(m)
     assert seen == {("tl1", len(IDS_GEMM)), ("t1", len(IDS_FEW)), ("tl2", 1)}
+
+
+def test_per_projection_norm_path_runs_the_choice_too(tmp_path):
+    """Llama + BitLinear with in_norm: one ternary_linear call per projection, same plans."""
+    path = tmp_path / "llama.tpk"
+    write_tiny(path, arch="llama", weight_format="tl2", proj_norm_eps=1e-6)
+    want = outputs(Model(str(path), kernels=kc.Settings(repack="off")))
+    for forced in (("t2", "t1", "tl1"), ("tl1", "tl2", "t2")):
+        got = outputs(Model(str(path), kernels=kc.Settings(forced=forced)))
+        assert all(np.array_equal(w, g) for w, g in zip(want, got)), forced
