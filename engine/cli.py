@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=None, metavar="N",
                    help="context size in tokens: prompt plus new tokens must fit; sets the KV cache "
                         "memory (default: the model's max_position, at most 4096)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print the kernel choice (layout per linear group and token-count bucket; "
+                        "TERNARY_KERNEL / TERNARY_PROBE / TERNARY_REPACK set it) to stderr")
     p.add_argument("--chat", action="store_true",
                    help="interactive chat using the model's chat template: type a message, get a "
                         "reply; an empty line or Ctrl-D quits")
@@ -137,6 +140,7 @@ def run(argv=None) -> int:
         raise _UserError(f"--ctx must be >= 1, got {args.ctx}")
 
     from engine import Engine, SamplingParams
+    from engine.runtime.kernel_choice import KernelChoiceError
 
     try:
         SamplingParams(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty)
@@ -145,7 +149,12 @@ def run(argv=None) -> int:
     gen_kw = dict(max_new_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k,
                   top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repeat_penalty,
                   seed=None if args.seed < 0 else args.seed, stop=args.stop)
-    eng = Engine(model_path, threads=args.threads, ctx=args.ctx)
+    try:
+        eng = Engine(model_path, threads=args.threads, ctx=args.ctx)
+    except KernelChoiceError as e:
+        raise _UserError(str(e)) from None
+    if args.verbose and eng.model.kernel_plan is not None:
+        print("\n".join(eng.model.kernel_plan.details()), file=sys.stderr)
     if args.chat:
         _chat_loop(eng, prompt, gen_kw)
         return 0

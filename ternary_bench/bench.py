@@ -43,7 +43,10 @@ Columns: bits/w = bytes of the packed linear weights x 8 / their count (padding 
 weights MB/tok = bytes one decode step must read (every linear plus the lm_head; the embedding
 row is negligible); GB/s = that x tg tok/s; %DRAM = GB/s / the bandwidth measured just before
 (median over repetitions, see 3.); x fp16 = tok/s over the fp16 model's at the same threads;
-peak RSS = the worker's VmHWM over the configuration (mapped weights + KV cache + buffers).
+peak RSS = the worker's VmHWM over the configuration (mapped weights + KV cache + buffers);
+kernels gemv/few/gemm = the layout each M bucket ran (engine/runtime/kernel_choice.py: a t2 file
+may run tl2; bits/w and MB/tok stay the file's). --kernel a,b,...: each ternary model once per
+TERNARY_KERNEL value, labelled "FORMAT k=VALUE"; every choice must give identical logits.
 
 --llama-bench PATH (llama.cpp's llama-bench; llama-quantize from the same directory or
 --llama-quantize): the f16 model is written as GGUF with the `gguf` package (architecture
@@ -287,9 +290,21 @@ class Runner:
     def validate(self, m_large: int, threads: int) -> dict:
         return validate_kernels(self.tpk.tensors, self.config, m_large, threads)
 
-    def logits(self, n: int = 4) -> np.ndarray:
+    def _threads(self, threads: int) -> None:
+        """Set the thread count; the kernel choice is per thread count, so choose again."""
         from engine import kernels
-        kernels.set_threads(1)
+        kernels.set_threads(threads)
+        plan = self.model.kernel_plan
+        if plan is not None and plan.threads != threads:
+            self.model.kernel_plan = self.model.choose_kernels()
+
+    def kernels(self) -> str:
+        """The layouts chosen per M bucket, 'gemv/few/gemm' ('-' for an f16 model)."""
+        plan = self.model.kernel_plan
+        return "-" if plan is None else "/".join(p.split(" ", 1)[1] for p in plan.per_bucket().split(", "))
+
+    def logits(self, n: int = 4) -> np.ndarray:
+        self._threads(1)
         return np.array(self.model.forward(self.ids[:n], 0), np.float32)
 
     def _step(self, tok, pos):
@@ -297,8 +312,7 @@ class Runner:
 
     def measure(self, kind: str, n: int, threads: int) -> dict:
         """kind 'pp': one n-token prefill; 'tg': n decode steps. -> seconds, peak RSS."""
-        from engine import kernels
-        kernels.set_threads(threads)
+        self._threads(threads)
         if kind == "pp":  # warm-up: pages the weights in, makes the prefill buffers, wakes the pool
             self.model.forward(self.ids[:2], 0, last_only=True)
         else:
@@ -314,7 +328,7 @@ class Runner:
             for pos in range(n):
                 step(ids[pos], pos)
             dt = time.perf_counter() - t0
-        return {"seconds": dt, "peak_rss": peak_rss_bytes()}
+        return {"seconds": dt, "peak_rss": peak_rss_bytes(), "kernels": self.kernels()}
 
     def kernel_time(self, n: int, threads: int) -> dict:
         """Python overhead of n decode steps run with every kernel call timed.
@@ -322,8 +336,7 @@ class Runner:
         Per step: wall time W, time inside kernel calls K, calls C; the timer's own cost outside
         its window, c per call, is calibrated on a no-op first. overhead = (W - K - C*c) / (W - C*c);
         the median over the steps resists a noisy neighbour hitting one step."""
-        from engine import kernels
-        kernels.set_threads(threads)
+        self._threads(threads)
         self._step(self.ids[0], 0)
         clock = time.perf_counter
         with KernelTimer() as kt:
@@ -390,11 +403,13 @@ class Worker:
     """Parent-side handle of a Runner in its own Python process (a fresh interpreter: the
     parent's kernel thread pool is never forked, and peak RSS is the model's own)."""
 
-    def __init__(self, path: str, ctx: int):
+    def __init__(self, path: str, ctx: int, kernel: str | None = None):
         import pickle
         import engine
         self._pickle = pickle
         env = dict(os.environ)
+        if kernel is not None:
+            env["TERNARY_KERNEL"] = kernel
         root = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
         env["PYTHONPATH"] = os.pathsep.join([root] + [x for x in [env.get("PYTHONPATH")] if x])
         self.proc = subprocess.Popen(
@@ -597,6 +612,8 @@ class Variant:
     rss: dict = field(default_factory=dict)        # threads -> peak bytes
     overhead: list = field(default_factory=list)   # per repetition: dict
     dram_before_tg: dict = field(default_factory=dict)  # threads -> [GB/s sampled just before each tg run]
+    kernel: str | None = None  # TERNARY_KERNEL of its worker (engine/runtime/kernel_choice.py)
+    kernels: dict = field(default_factory=dict)    # threads -> layouts chosen per M bucket
 
 
 @dataclass
@@ -638,7 +655,44 @@ def _split(s: str, kind):
         raise BenchError(f"bad list {s!r}") from None
 
 
+def kernel_choices(text: str | None) -> list[str] | None:
+    """--kernel's list (';' between entries when one holds a bucket=layout list, else ',')."""
+    if text is None:
+        return None
+    from engine.runtime import kernel_choice
+    parts = [x.strip() for x in text.split(";" if "=" in text else ",") if x.strip()]
+    for x in parts:
+        try:
+            kernel_choice.parse_forced(x)
+        except kernel_choice.KernelChoiceError as e:
+            raise BenchError(f"--kernel: {e}") from None
+    if not parts:
+        raise BenchError("--kernel needs at least one choice")
+    return parts
+
+
+def with_kernels(variants: list, kernels: list[str] | None) -> list:
+    """One variant per kernel choice for each ternary variant (f16 runs once)."""
+    if kernels is None:
+        return variants
+    out = []
+    for v in variants:
+        if v.label == "f16":
+            out.append(v)
+            continue
+        out += [Variant(f"{v.label} k={k}", v.path, kernel=k) for k in kernels]
+    return out
+
+
 def prepare(args, say) -> list[ModelRun]:
+    runs = _prepare(args, say)
+    kernels = kernel_choices(args.kernel)
+    for mr in runs:
+        mr.variants = with_kernels(mr.variants, kernels)
+    return runs
+
+
+def _prepare(args, say) -> list[ModelRun]:
     from ternary_bench import synthetic
     from engine.formats import tpk
     combos = resolve_models(args)
@@ -689,7 +743,7 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
     workers = {}
     try:
         for v in ours:
-            workers[v.label] = Worker(v.path, ctx)
+            workers[v.label] = Worker(v.path, ctx, v.kernel)
         for v in ours:
             if bar is not None:
                 bar.set_description(f"{mr.name} {v.label}: open + validate")
@@ -717,6 +771,7 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
                         r = w.call("measure", kind, n, threads)
                         v.samples.setdefault((threads, f"{kind}{n}"), []).append(n / r["seconds"])
                         v.rss[threads] = max(v.rss.get(threads, 0), r["peak_rss"])
+                        v.kernels[threads] = r["kernels"]
                         if bar is not None:
                             bar.update()
                     if threads == max(threads_list) and tg:
@@ -736,15 +791,16 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
 
 
 def _check_model_logits(mr: ModelRun, workers: dict) -> None:
-    """T1 and TL2 logits must equal T2 logits exactly; f16's relative difference is recorded."""
+    """Every ternary layout and kernel choice must give the logits of the first ternary variant
+    with the same head exactly; f16's relative difference is recorded."""
     logits = {label: w.call("logits") for label, w in workers.items()}
     ours = [v for v in mr.variants if v.engine == "ours"]
     for v in ours:
-        if v.info["weight_format"] not in ("t1", "tl2"):
+        if v.info["weight_format"] == "f16":
             continue
-        ref = next((u.label for u in ours if u.info["weight_format"] == "t2"
+        ref = next((u.label for u in ours if u.info["weight_format"] != "f16"
                     and u.info["lm_head_format"] == v.info["lm_head_format"]), None)
-        if ref is None:
+        if ref is None or ref == v.label:
             continue
         if not np.array_equal(logits[v.label], logits[ref]):
             d = float(np.abs(logits[v.label] - logits[ref]).max())
@@ -773,7 +829,8 @@ def build_rows(mr: ModelRun, threads_list, pp_list, tg) -> list[dict]:
                 continue
             best = max(mr.dram.get(threads, []), default=None)
             row = dict(model=mr.name, engine=v.engine, format=v.label, threads=threads,
-                       isa=v.validation.get("isa"), validated=bool(v.validation) if v.engine == "ours" else None)
+                       isa=v.validation.get("isa"), validated=bool(v.validation) if v.engine == "ours" else None,
+                       kernel=v.kernel, kernels=v.kernels.get(threads))
             row.update(weight_format=v.info.get("weight_format"), lm_head=v.info.get("lm_head_format"),
                        bits_per_weight=v.info.get("bits_per_weight"),
                        file_mb=v.info.get("file_bytes", 0) / 1e6,
@@ -829,7 +886,8 @@ def table(rows: list[dict], pp_list, tg) -> str:
     cols = [("model", lambda r: r["model"]), ("format", lambda r: r["format"]),
             ("bits/w", lambda r: _fmt(r["bits_per_weight"], "{:.2f}")),
             ("file MB", lambda r: _mb(r["file_mb"])),
-            ("thr", lambda r: str(r["threads"]))]
+            ("thr", lambda r: str(r["threads"])),
+            ("kernels gemv/few/gemm", lambda r: r.get("kernels") or "-")]
     cols += [(f"pp{p} tok/s", lambda r, p=p: _fmt(r.get(f"pp{p}_tps"))) for p in pp_list]
     if tg:
         cols += [(f"tg{tg} tok/s", lambda r: _fmt(r.get(f"tg{tg}_tps"), "{:.2f}")),
@@ -996,6 +1054,11 @@ def parse_args(argv):
                    help="llama-quantize binary (default: next to llama-bench, then PATH)")
     p.add_argument("--dram-mb", type=int, default=DRAM_MB,
                    help=f"buffer of the DRAM bandwidth loop, MB (default {DRAM_MB}; keep it >> L3)")
+    p.add_argument("--kernel", default=None,
+                   help="kernel choices to compare, comma-separated TERNARY_KERNEL values (auto, "
+                        "t2, t1, tl1, tl2; ';' separates bucket=layout forms, e.g. "
+                        "'auto;gemv=tl2,gemm=t2'): each ternary model runs once per choice "
+                        "(label 'FORMAT k=CHOICE'); default: the environment's choice, one run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     return p.parse_args(argv)
 

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -19,6 +20,14 @@ _engine_root = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__))
 os.environ["PYTHONSAFEPATH"] = "1"
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [_engine_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
+
+# Models in tests run the layout their file holds: the runtime kernel choice would repack t2/t1
+# files to this CPU's fastest layout and test that one instead. tests/test_kernel_choice.py
+# covers the choice with explicit settings; probes never write the user's cache.
+os.environ.setdefault("TERNARY_REPACK", "off")
+os.environ.setdefault("TERNARY_PROBE_CACHE", os.path.join(
+    tempfile.mkdtemp(prefix="ternary-probe-"), "probe.json"))
 
 
 # TERNARY_ISA=x narrows the per-ISA tests to x (as it selects x for everything else): .ci/run's

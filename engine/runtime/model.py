@@ -25,6 +25,7 @@ import numpy as np
 
 from engine import kernels as K
 from engine.formats import tpk as tpk_module
+from engine.runtime import kernel_choice
 from engine.runtime.kvcache import KVCache
 from engine.runtime.rope import Rope
 
@@ -86,6 +87,8 @@ class Linear:
         self.k = k
         self.scale = float(t[name + ".scale"][0]) if a.weight_format != "f16" else 1.0
         self.in_norm = t.get(name + ".in_norm")  # f32 [K] or None
+        self.packed = {a.weight_format: self.weight}     # layout -> weights (runtime/kernel_choice.py)
+        self.plan = (a.weight_format,) * len(kernel_choice.BUCKETS)  # layout per M bucket
 
 
 class Layer:
@@ -142,7 +145,7 @@ def head_linear(t: dict, embed: np.ndarray):
 
 
 class Model:
-    def __init__(self, tpk, threads: int | None = None, ctx: int | None = None):
+    def __init__(self, tpk, threads: int | None = None, ctx: int | None = None, kernels=None):
         if isinstance(tpk, (str, os.PathLike)):
             tpk = tpk_module.read(tpk)
         self.tpk = tpk
@@ -159,14 +162,21 @@ class Model:
         self.cos, self.sin = self.rope.cos, self.rope.sin                # f32 [ctx, D/2]
         self.cache = KVCache(a.n_layers, a.n_kv_heads, self.ctx, a.head_dim)
         self.ternary, self.divide = a.weight_format != "f16", a.scale_mode == "div"
+        self.kernel_plan = self.choose_kernels(kernels)  # kernels: kernel_choice.Settings or None
         self.buf1 = make_buffers(a, 1)                                   # decode: T = 1
         self.bufn = None                                                 # prefill, made on first use
         self.logits1 = np.zeros((1, a.vocab_size), np.float32)          # (1, vocab)
+
+    def choose_kernels(self, settings=None):
+        """(Re)choose each linear's layout per token-count bucket for the active ISA and thread
+        count (runtime/kernel_choice.py; settings None: from the environment)."""
+        return kernel_choice.choose(self, settings) if self.ternary else None
 
     # -- one batch of T tokens at positions pos .. pos + T - 1 --------------------------------
     def _project(self, x, norm, linears, outs, b):
         """outs[i] = linears[i](rmsnorm(x, norm)) (norm None: x itself). x: f32 [T, Kin]."""
         a, d = self.args, x.shape[1]
+        fmt = linears[0].plan[kernel_choice.bucket_index(x.shape[0])]  # the group's layout at this M
         if not self.ternary:
             if norm is not None:
                 x = K.rmsnorm(x, norm, a.norm_eps, out=b.norm[d])
@@ -177,14 +187,14 @@ class Model:
                 x = K.rmsnorm(x, norm, a.norm_eps, out=b.norm[d])
             for lin, out in zip(linears, outs):
                 q, s = K.rmsnorm_quantize_rows(x, lin.in_norm, a.proj_norm_eps, q=b.qi8[d], act_scale=b.act_scale)
-                K.ternary_linear(a.weight_format, lin.weight, lin.k, q, s, lin.scale, self.divide, out=out)
+                K.ternary_linear(fmt, lin.packed[fmt], lin.k, q, s, lin.scale, self.divide, out=out)
             return
         if norm is not None:  # fused rmsnorm + absmax int8 quantization, shared by q/k/v and gate/up
             q, s = K.rmsnorm_quantize_rows(x, norm, a.norm_eps, q=b.qi8[d], act_scale=b.act_scale)
         else:
             q, s = K.quantize_rows(x, q=b.qi8[d], act_scale=b.act_scale)
         # q/k/v and gate/up share their input: one fused call, one wake of the thread pool
-        K.ternary_linear_fused(a.weight_format, [lin.weight for lin in linears], linears[0].k, q, s,
+        K.ternary_linear_fused(fmt, [lin.packed[fmt] for lin in linears], linears[0].k, q, s,
                                [lin.scale for lin in linears], self.divide, outs=list(outs))
 
     def run_layers(self, b, t: int, cos, sin, spans) -> None:
