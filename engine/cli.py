@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=None, metavar="N",
                    help="context size in tokens: prompt plus new tokens must fit; sets the KV cache "
                         "memory (default: the model's max_position, at most 4096)")
+    p.add_argument("--kv-dtype", default="f16", metavar="T",
+                   help="KV cache dtype: f32, f16 (default; half the memory) or int8 (a scale per "
+                        "token and head, about 0.27x f32's memory at head_dim 64)")
     p.add_argument("--chat", action="store_true",
                    help="interactive chat using the model's chat template: type a message, get a "
                         "reply; an empty line or Ctrl-D quits")
@@ -137,15 +140,17 @@ def run(argv=None) -> int:
         raise _UserError(f"--ctx must be >= 1, got {args.ctx}")
 
     from engine import Engine, SamplingParams
+    from engine.runtime.kvcache import check_kv_dtype
 
     try:
         SamplingParams(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty)
+        check_kv_dtype(args.kv_dtype)
     except ValueError as e:
         raise _UserError(str(e)) from None
     gen_kw = dict(max_new_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k,
                   top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repeat_penalty,
                   seed=None if args.seed < 0 else args.seed, stop=args.stop)
-    eng = Engine(model_path, threads=args.threads, ctx=args.ctx)
+    eng = Engine(model_path, threads=args.threads, ctx=args.ctx, kv_dtype=args.kv_dtype)
     if args.chat:
         _chat_loop(eng, prompt, gen_kw)
         return 0
