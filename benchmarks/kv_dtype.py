@@ -8,9 +8,9 @@ ppl: the embedded default model (the only trained model at hand: real attention 
   training corpus's val split) twice: in windows of 256 (its trained length) and as one window
   of all --tokens (attention over 2k cached positions, RoPE past its trained length: a harder
   test of the cache, a worse absolute ppl). Per dtype: ppl, ratio to f32, KV bytes at that ctx.
-speed: a synthetic BitNet shape (ternary_bench.synthetic; random weights, the real dims, so the
-  real bytes per token) with its KV cache filled at positions 0 .. pos-1 with the same random
-  keys/values for every dtype; then decode steps at positions pos .. pos+steps-1, the dtypes
+speed: a synthetic BitNet shape (ternary_bench.synthetic, t2 with the q4 head; random weights,
+  the real dims, so the real bytes per token), or --shape default (the embedded model), with
+  its KV cache filled at positions 0 .. pos-1 with the same random keys/values for every dtype; then decode steps at positions pos .. pos+steps-1, the dtypes
   alternating inside every round (medians of rounds). Also the attention kernel alone at that
   context (one layer, decode) and the cost of storing one token's K/V (f16: numpy's
   conversion). Validated before timing: f16 / int8 attention against f32 within 1e-2 of the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import Engine
+from engine import DEFAULT_MODEL, Engine
 from engine import kernels as K
 from engine.ppl import window_nll
 from engine.runtime.kvcache import KV_DTYPES
@@ -106,7 +106,7 @@ def run_speed(shape: str, pos: int, steps: int, rounds: int) -> None:
     from engine.runtime.model import Model
     from ternary_bench import synthetic
 
-    path = synthetic.ensure(shape, "t2", lm_head="q4")
+    path = DEFAULT_MODEL if shape == "default" else synthetic.ensure(shape, "t2", lm_head="q4")
     t = tpk.read(path)   # one mapping, shared by the three models
     ctx = pos + steps
     models = {d: Model(t, ctx=ctx, kv_dtype=d) for d in KV_DTYPES}
@@ -114,7 +114,7 @@ def run_speed(shape: str, pos: int, steps: int, rounds: int) -> None:
     for m in models.values():
         fill(m, pos)
         assert np.isfinite(m.step(1, pos)).all()
-    print(f"{shape} (t2, q4 head): {a.n_layers} layers, {a.n_heads}/{a.n_kv_heads} heads, head_dim "
+    print(f"{shape} ({a.weight_format}): {a.n_layers} layers, {a.n_heads}/{a.n_kv_heads} heads, head_dim "
           f"{a.head_dim}; decode at positions {pos}..{ctx - 1}; {K.threads()} threads, ISA {K.active_isa()}")
     att, store = attention_checks(models, pos), store_cost(models, pos)
     tps = {d: [] for d in KV_DTYPES}
