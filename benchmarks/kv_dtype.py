@@ -10,8 +10,9 @@ ppl: the embedded default model (the only trained model at hand: real attention 
   test of the cache, a worse absolute ppl). Per dtype: ppl, ratio to f32, KV bytes at that ctx.
 speed: a synthetic BitNet shape (ternary_bench.synthetic, t2 with the q4 head; random weights,
   the real dims, so the real bytes per token), or --shape default (the embedded model), with
-  its KV cache filled at positions 0 .. pos-1 with the same random keys/values for every dtype; then decode steps at positions pos .. pos+steps-1, the dtypes
-  alternating inside every round (medians of rounds). Also the attention kernel alone at that
+  its KV cache filled at positions 0 .. pos-1 with the same random keys/values for every dtype;
+  then decode steps at positions pos .. pos+steps-1, the dtypes alternating inside every round
+  (medians of rounds). Also the attention kernel alone at that
   context (one layer, decode) and the cost of storing one token's K/V (f16: numpy's
   conversion). Validated before timing: f16 / int8 attention against f32 within 1e-2 of the
   values' scale, and finite logits.
