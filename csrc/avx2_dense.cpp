@@ -91,6 +91,8 @@ void add_dense_kernels_avx2(KernelTable& k) {
     k.int8_rows = dense::int8_rows<V256>;
     k.q4_rows = q4_rows_avx2;
     k.attention_chunk = dense::attention_chunk<V256>;
+    k.attention_chunk_f16 = dense::attention_chunk_f16<V256>;
+    k.attention_chunk_i8 = dense::attention_chunk_i8<V256>;
 }
 
 }  // namespace ternary

@@ -75,6 +75,8 @@ void add_dense_kernels_avx512(KernelTable& k) {
     k.int8_rows = dense::int8_rows<V512>;
     k.q4_rows = q4_rows_avx512;
     k.attention_chunk = dense::attention_chunk<V512>;
+    k.attention_chunk_f16 = dense::attention_chunk_f16<V512>;
+    k.attention_chunk_i8 = dense::attention_chunk_i8<V512>;
 }
 
 }  // namespace ternary

@@ -189,43 +189,60 @@ void int8_rows(const int8_t* w, const float* row_scale, int64_t K, int64_t n0, i
 }
 
 // ---- attention chunk (contract in ternary.h, KernelTable::attention_chunk) ----
+//
+// One template over the cache element type T: float, uint16_t (IEEE half) or int8_t (rows with
+// one scale each, ks / vs; nullptr for the others). A key row's scale multiplies its score; a
+// value row's folds into its softmax weight, so both inner loops are plain FMAs over converted
+// rows (vcvtph2ps / vpmovsxbd + vcvtdq2ps), shared by the GQA group's heads.
+
+template <class V, class T>
+inline typename V::F load_kv(const T* p) {
+    if constexpr (std::is_same_v<T, float>) return V::load(p);
+    else return V::load_w(p);
+}
+template <class V, class T>
+inline typename V::F load_kv_tail(const T* p, int n) {
+    if constexpr (std::is_same_v<T, float>) return V::load_tail(p, n);
+    else return V::load_w_tail(p, n);
+}
 
 // Decode reads the KV cache from DRAM as short runs (one chunk of K, then of V): on their own
 // the hardware prefetchers reach about half the streaming bandwidth. So each phase fetches the
 // next phase's rows into L2 as it goes: the scores fetch V, the weighted sum fetches the
 // following chunk's keys (the same head's next chunk: contiguous in the cache). Measured on
 // the 2B shape at 4096 positions: 9-10 -> 17-20 GB/s, about the streaming-read figure.
-template <class V>
-inline void prefetch_l2(const float* p, int64_t floats) {
-    for (int64_t b = 0; b < floats * int64_t(sizeof(float)); b += 64)
+template <class V, class T>
+inline void prefetch_l2(const T* p, int64_t elems) {
+    for (int64_t b = 0; b < elems * int64_t(sizeof(T)); b += 64)
         _mm_prefetch(reinterpret_cast<const char*>(p) + b, _MM_HINT_T1);
 }
 
 // Scores of up to 4 heads at once: each key row is loaded once for all of them.
-template <class V, int H>
-inline void attention_scores(const float* q, int64_t D, const float* k, const float* v, int64_t n,
-                             float scale, float* s /* [H][kAttnChunkKeys] */) {
+template <class V, int H, class T>
+inline void attention_scores(const float* q, int64_t D, const T* k, const float* ks, const T* v,
+                             int64_t n, float scale, float* s /* [H][kAttnChunkKeys] */) {
     using F = typename V::F;
     for (int64_t j = 0; j < n; ++j) {
-        const float* kj = k + j * D;
+        const T* kj = k + j * D;
         prefetch_l2<V>(v + j * D, D);
         F acc[H];
 #pragma GCC unroll 4
         for (int h = 0; h < H; ++h) acc[h] = V::zero();
         int64_t d = 0;
         for (; d + V::W <= D; d += V::W) {
-            const F kv = V::load(kj + d);
+            const F kv = load_kv<V>(kj + d);
 #pragma GCC unroll 4
             for (int h = 0; h < H; ++h) acc[h] = V::fma(V::load(q + h * D + d), kv, acc[h]);
         }
         if (d < D) {
             const int rest = int(D - d);
-            const F kv = V::load_tail(kj + d, rest);
+            const F kv = load_kv_tail<V>(kj + d, rest);
 #pragma GCC unroll 4
             for (int h = 0; h < H; ++h) acc[h] = V::fma(V::load_tail(q + h * D + d, rest), kv, acc[h]);
         }
+        const float sj = std::is_same_v<T, int8_t> ? scale * ks[j] : scale;
 #pragma GCC unroll 4
-        for (int h = 0; h < H; ++h) s[h * kAttnChunkKeys + j] = V::reduce(acc[h]) * scale;
+        for (int h = 0; h < H; ++h) s[h * kAttnChunkKeys + j] = V::reduce(acc[h]) * sj;
     }
 }
 
@@ -259,15 +276,15 @@ inline void softmax_partial(float* p, int64_t n, float* mx, float* l) {
 
 // o[h, :] += sum_i p[h][i] * v[i, :] for KJ keys and H heads: each V row is read once for all
 // H heads, and each load/store of an output vector carries KJ FMAs.
-template <class V, int H, int KJ>
-inline void attention_values_keys(const float* p /* [H][kAttnChunkKeys] */, const float* v,
+template <class V, int H, int KJ, class T>
+inline void attention_values_keys(const float* p /* [H][kAttnChunkKeys] */, const T* v,
                                   int64_t D, float* o /* [H, D] */) {
     using F = typename V::F;
     int64_t d = 0;
     for (; d + V::W <= D; d += V::W) {
         F vv[KJ];
 #pragma GCC unroll 4
-        for (int i = 0; i < KJ; ++i) vv[i] = V::load(v + i * D + d);
+        for (int i = 0; i < KJ; ++i) vv[i] = load_kv<V>(v + i * D + d);
 #pragma GCC unroll 4
         for (int h = 0; h < H; ++h) {
             F acc = V::load(o + h * D + d);
@@ -280,7 +297,7 @@ inline void attention_values_keys(const float* p /* [H][kAttnChunkKeys] */, cons
         const int rest = int(D - d);
         F vv[KJ];
 #pragma GCC unroll 4
-        for (int i = 0; i < KJ; ++i) vv[i] = V::load_tail(v + i * D + d, rest);
+        for (int i = 0; i < KJ; ++i) vv[i] = load_kv_tail<V>(v + i * D + d, rest);
 #pragma GCC unroll 4
         for (int h = 0; h < H; ++h) {
             F acc = V::load_tail(o + h * D + d, rest);
@@ -292,9 +309,9 @@ inline void attention_values_keys(const float* p /* [H][kAttnChunkKeys] */, cons
 }
 
 // next_k: the keys after this chunk's, fetched meanwhile.
-template <class V, int H>
-inline void attention_values(const float* p, const float* v, int64_t D, int64_t n, float* o,
-                             const float* next_k) {
+template <class V, int H, class T>
+inline void attention_values(const float* p, const T* v, int64_t D, int64_t n, float* o,
+                             const T* next_k) {
     std::fill(o, o + H * D, 0.f);
     int64_t j = 0;
     for (; j + 4 <= n; j += 4) {
@@ -304,25 +321,49 @@ inline void attention_values(const float* p, const float* v, int64_t D, int64_t 
     for (; j < n; ++j) attention_values_keys<V, H, 1>(p + j, v + j * D, D, o);
 }
 
-template <class V, int H>
-inline void attention_heads(const float* q, int64_t D, const float* k, const float* v, int64_t n,
-                            float scale, float* o, float* mx, float* l) {
+template <class V, int H, class T>
+inline void attention_heads(const float* q, int64_t D, const T* k, const float* ks, const T* v,
+                            const float* vs, int64_t n, float scale, float* o, float* mx, float* l) {
     alignas(64) float s[H * kAttnChunkKeys];
-    attention_scores<V, H>(q, D, k, v, n, scale, s);
+    attention_scores<V, H>(q, D, k, ks, v, n, scale, s);
     for (int h = 0; h < H; ++h) softmax_partial<V>(s + h * kAttnChunkKeys, n, mx + h, l + h);
+    if constexpr (std::is_same_v<T, int8_t>)  // l keeps the plain weights; o gets p * v scale
+        for (int h = 0; h < H; ++h)
+            for (int64_t j = 0; j < n; ++j) s[h * kAttnChunkKeys + j] *= vs[j];
     attention_values<V, H>(s, v, D, n, o, k + n * D);
+}
+
+template <class V, class T>
+void attention_chunk_kv(const float* q, int64_t g, int64_t D, const T* k, const float* ks,
+                        const T* v, const float* vs, int64_t n, float scale, float* o, float* mx,
+                        float* l) {
+    int64_t h = 0;
+    for (; h + 4 <= g; h += 4)
+        attention_heads<V, 4>(q + h * D, D, k, ks, v, vs, n, scale, o + h * D, mx + h, l + h);
+    switch (g - h) {
+        case 3: attention_heads<V, 3>(q + h * D, D, k, ks, v, vs, n, scale, o + h * D, mx + h, l + h); break;
+        case 2: attention_heads<V, 2>(q + h * D, D, k, ks, v, vs, n, scale, o + h * D, mx + h, l + h); break;
+        case 1: attention_heads<V, 1>(q + h * D, D, k, ks, v, vs, n, scale, o + h * D, mx + h, l + h); break;
+    }
 }
 
 template <class V>
 void attention_chunk(const float* q, int64_t g, int64_t D, const float* k, const float* v,
                      int64_t n, float scale, float* o, float* mx, float* l) {
-    int64_t h = 0;
-    for (; h + 4 <= g; h += 4) attention_heads<V, 4>(q + h * D, D, k, v, n, scale, o + h * D, mx + h, l + h);
-    switch (g - h) {
-        case 3: attention_heads<V, 3>(q + h * D, D, k, v, n, scale, o + h * D, mx + h, l + h); break;
-        case 2: attention_heads<V, 2>(q + h * D, D, k, v, n, scale, o + h * D, mx + h, l + h); break;
-        case 1: attention_heads<V, 1>(q + h * D, D, k, v, n, scale, o + h * D, mx + h, l + h); break;
-    }
+    attention_chunk_kv<V, float>(q, g, D, k, nullptr, v, nullptr, n, scale, o, mx, l);
+}
+
+template <class V>
+void attention_chunk_f16(const float* q, int64_t g, int64_t D, const uint16_t* k,
+                         const uint16_t* v, int64_t n, float scale, float* o, float* mx, float* l) {
+    attention_chunk_kv<V, uint16_t>(q, g, D, k, nullptr, v, nullptr, n, scale, o, mx, l);
+}
+
+template <class V>
+void attention_chunk_i8(const float* q, int64_t g, int64_t D, const int8_t* k, const float* ks,
+                        const int8_t* v, const float* vs, int64_t n, float scale, float* o,
+                        float* mx, float* l) {
+    attention_chunk_kv<V, int8_t>(q, g, D, k, ks, v, vs, n, scale, o, mx, l);
 }
 
 }  // namespace dense

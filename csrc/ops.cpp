@@ -266,6 +266,11 @@ constexpr int64_t kAttnSplitBelow = 32;
 // fixed, so results are identical for every thread count.
 void attention(const float* q, int64_t T, int64_t Hq, int64_t D, const float* k_cache,
                const float* v_cache, int64_t Hkv, int64_t C, int64_t pos0, float* out) {
+    attention_kv(q, T, Hq, D, KvCacheView{KvType::F32, k_cache, v_cache}, Hkv, C, pos0, out);
+}
+
+void attention_kv(const float* q, int64_t T, int64_t Hq, int64_t D, const KvCacheView& kv,
+                  int64_t Hkv, int64_t C, int64_t pos0, float* out) {
     const KernelTable& kt = active_kernels();
     const int64_t g = Hq / Hkv;
     const float scale = 1.f / std::sqrt(float(D));
@@ -276,9 +281,25 @@ void attention(const float* q, int64_t T, int64_t Hq, int64_t D, const float* k_
     // Partial of (token t, kv head h, chunk c) into part.
     auto run_chunk = [&](int64_t t, int64_t h, int64_t c, float* part) {
         const int64_t j0 = c * kAttnChunkKeys, n = std::min<int64_t>(kAttnChunkKeys, pos0 + t + 1 - j0);
-        const int64_t off = (h * C + j0) * D;
-        kt.attention_chunk(q + (t * Hq + h * g) * D, g, D, k_cache + off, v_cache + off, n, scale,
-                           pl.o(part), pl.mx(part), pl.l(part));
+        const int64_t row = h * C + j0, off = row * D;
+        const float* qh = q + (t * Hq + h * g) * D;
+        switch (kv.type) {
+            case KvType::F32:
+                kt.attention_chunk(qh, g, D, static_cast<const float*>(kv.k) + off,
+                                   static_cast<const float*>(kv.v) + off, n, scale, pl.o(part),
+                                   pl.mx(part), pl.l(part));
+                break;
+            case KvType::F16:
+                kt.attention_chunk_f16(qh, g, D, static_cast<const uint16_t*>(kv.k) + off,
+                                       static_cast<const uint16_t*>(kv.v) + off, n, scale,
+                                       pl.o(part), pl.mx(part), pl.l(part));
+                break;
+            case KvType::I8:
+                kt.attention_chunk_i8(qh, g, D, static_cast<const int8_t*>(kv.k) + off, kv.ks + row,
+                                      static_cast<const int8_t*>(kv.v) + off, kv.vs + row, n,
+                                      scale, pl.o(part), pl.mx(part), pl.l(part));
+                break;
+        }
     };
     auto chunks_of = [&](int64_t t) { return (pos0 + t + kAttnChunkKeys) / kAttnChunkKeys; };
 

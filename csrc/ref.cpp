@@ -71,6 +71,9 @@ void ternary_t1_ref(const uint8_t* packed, int64_t K, int64_t n0, int64_t n1, co
     }
 }
 
+}  // namespace
+
+// Declared in ternary.h: the portable KV-cache attention (kv_attention.cpp) reads halves too.
 float half_to_float(uint16_t h) {
     const uint32_t sign = uint32_t(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
@@ -94,6 +97,8 @@ float half_to_float(uint16_t h) {
     std::memcpy(&f, &bits, sizeof f);
     return f;
 }
+
+namespace {
 
 void f16_rows_ref(const uint16_t* w, int64_t K, int64_t n0, int64_t n1, const float* x,
                   int64_t M, float* out, int64_t ldc) {

@@ -151,6 +151,21 @@ constexpr int kAttnChunkKeys = 256;
 void attention_chunk_generic(const float* q, int64_t g, int64_t D, const float* k, const float* v,
                              int64_t n, float scale, float* o, float* mx, float* l);
 
+// KV caches below f32 (kv_attention.cpp; the runtime's engine/runtime/kvcache.py):
+//   f16   rows of D IEEE halves (as uint16_t);
+//   int8  rows of D int8 with one float scale per row (= per token and kv head):
+//         value[j, d] = scale[j] * q[j, d],  scale = max_d |x[d]| / 127,  q = clamp(rint(x / scale))
+//         (scale 0 and q 0 for an all-zero row). Memory (D + 4) / (4 D) of f32: 0.27x at D = 64.
+// The portable attention chunks over them: the entries of every table that brings no faster
+// one. Contract as attention_chunk with k, v in that type; ks, vs [n] the int8 rows' scales.
+void attention_chunk_f16_generic(const float* q, int64_t g, int64_t D, const uint16_t* k,
+                                 const uint16_t* v, int64_t n, float scale, float* o, float* mx,
+                                 float* l);
+void attention_chunk_i8_generic(const float* q, int64_t g, int64_t D, const int8_t* k,
+                                const float* ks, const int8_t* v, const float* vs, int64_t n,
+                                float scale, float* o, float* mx, float* l);
+float half_to_float(uint16_t h);  // ref.cpp
+
 // TL2 reference kernel (tl2_ref.cpp): acc[m, n] for n in [n0, n1) of an N-row TL2 matrix.
 void ternary_tl2_ref(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
                      const int8_t* q, int64_t ldq, int64_t M, int32_t* acc, int64_t ldc);
@@ -205,6 +220,15 @@ struct KernelTable {
     void (*attention_chunk)(const float* q, int64_t g, int64_t D, const float* k, const float* v,
                             int64_t n, float scale, float* o, float* mx,
                             float* l) = attention_chunk_generic;
+
+    // attention_chunk over an f16 / int8 KV cache (layouts above attention_chunk_f16_generic).
+    void (*attention_chunk_f16)(const float* q, int64_t g, int64_t D, const uint16_t* k,
+                                const uint16_t* v, int64_t n, float scale, float* o, float* mx,
+                                float* l) = attention_chunk_f16_generic;
+    void (*attention_chunk_i8)(const float* q, int64_t g, int64_t D, const int8_t* k,
+                               const float* ks, const int8_t* v, const float* vs, int64_t n,
+                               float scale, float* o, float* mx,
+                               float* l) = attention_chunk_i8_generic;
 
     // TL2 (layout above): as ternary_t2, plus N, the matrix's row count (the last tile's width).
     void (*ternary_tl2)(const uint8_t* packed, int64_t K, int64_t N, int64_t n0, int64_t n1,
@@ -281,6 +305,22 @@ void rope_neox(float* x, int64_t T, int64_t H, int64_t D, const float* cos, cons
 // q [T, Hq, D]; caches [Hkv, C, D]; out [T, Hq, D]. Query t sits at position pos0 + t.
 void attention(const float* q, int64_t T, int64_t Hq, int64_t D, const float* k_cache,
                const float* v_cache, int64_t Hkv, int64_t C, int64_t pos0, float* out);
+// The same over a cache of any KV type: k, v [Hkv, C, D] of that type; ks, vs [Hkv, C] the
+// int8 scales (unused otherwise).
+enum class KvType { F32 = 0, F16 = 1, I8 = 2 };
+struct KvCacheView {
+    KvType type;
+    const void* k;
+    const void* v;
+    const float* ks = nullptr;
+    const float* vs = nullptr;
+};
+void attention_kv(const float* q, int64_t T, int64_t Hq, int64_t D, const KvCacheView& kv,
+                  int64_t Hkv, int64_t C, int64_t pos0, float* out);
+// Stores x [T, Hkv, D] as int8 rows at positions pos0 .. pos0 + T - 1 of q_cache [Hkv, C, D]
+// with their scales in s_cache [Hkv, C] (the int8 layout above; scalar, a few rows per call).
+void kv_store_int8(const float* x, int64_t T, int64_t Hkv, int64_t D, int8_t* q_cache,
+                   float* s_cache, int64_t C, int64_t pos0);
 
 }  // namespace ternary
 

@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print the kernel choice (layout per linear group and token-count bucket; "
                         "TERNARY_KERNEL / TERNARY_PROBE / TERNARY_REPACK set it) to stderr")
+    p.add_argument("--kv-dtype", default="f16", metavar="T",
+                   help="KV cache dtype: f32, f16 (default; half the memory) or int8 (a scale per "
+                        "token and head, about 0.27x f32's memory at head_dim 64)")
     p.add_argument("--chat", action="store_true",
                    help="interactive chat using the model's chat template: type a message, get a "
                         "reply; an empty line or Ctrl-D quits")
@@ -141,16 +144,18 @@ def run(argv=None) -> int:
 
     from engine import Engine, SamplingParams
     from engine.runtime.kernel_choice import KernelChoiceError
+    from engine.runtime.kvcache import check_kv_dtype
 
     try:
         SamplingParams(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty)
+        check_kv_dtype(args.kv_dtype)
     except ValueError as e:
         raise _UserError(str(e)) from None
     gen_kw = dict(max_new_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k,
                   top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repeat_penalty,
                   seed=None if args.seed < 0 else args.seed, stop=args.stop)
     try:
-        eng = Engine(model_path, threads=args.threads, ctx=args.ctx)
+        eng = Engine(model_path, threads=args.threads, ctx=args.ctx, kv_dtype=args.kv_dtype)
     except KernelChoiceError as e:
         raise _UserError(str(e)) from None
     if args.verbose and eng.model.kernel_plan is not None:

@@ -12,6 +12,7 @@ from engine._kernels import (  # noqa: F401  (the public kernel API)
     f16_linear,
     f16_linear_fused,
     int8_linear,
+    kv_store_int8,
     pack,
     physical_cores,
     q4_linear,

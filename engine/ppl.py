@@ -34,6 +34,7 @@ def main(argv=None) -> int:
                     help="the text file to score; a .tpk before it (default: the embedded model)")
     ap.add_argument("--ctx", type=int, default=256, help="tokens per window (default 256)")
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: cores)")
+    ap.add_argument("--kv-dtype", default="f16", help="KV cache dtype: f32, f16 (default) or int8")
     args = ap.parse_args(argv)
     if len(args.args) > 2:
         ap.error("expected [MODEL.tpk] FILE")
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
         if args.ctx < 2:
             raise ValueError("--ctx must be >= 2")
         text = Path(text_file).read_text(encoding="utf-8")
-        eng = Engine(model, threads=args.threads, ctx=args.ctx)
+        eng = Engine(model, threads=args.threads, ctx=args.ctx, kv_dtype=args.kv_dtype)
         ids = eng.tokenizer.encode(text, add_bos=False)
         if not ids:
             raise ValueError(f"{text_file} holds no text")

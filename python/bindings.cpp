@@ -363,12 +363,34 @@ PYBIND11_MODULE(_kernels, m) {
     });
     m.def(
         "attention",
-        [](py::array q, py::array k_cache, py::array v_cache, int64_t pos0, py::object out) {
+        [](py::array q, py::array k_cache, py::array v_cache, int64_t pos0, py::object out,
+           py::object k_scale, py::object v_scale) {
             check<float>(q, "q", {-1, -1, -1});
             const int64_t T = q.shape(0), Hq = q.shape(1), D = q.shape(2);
-            check<float>(k_cache, "k_cache", {-1, -1, D});
+            if (k_cache.ndim() != 3)
+                throw py::value_error("k_cache: expected 3-d array, got shape " + shape_str(k_cache));
             const int64_t Hkv = k_cache.shape(0), C = k_cache.shape(1);
-            check<float>(v_cache, "v_cache", {Hkv, C, D});
+            KvCacheView kv{KvType::F32, k_cache.data(), v_cache.data()};
+            const std::string dt = py::str(k_cache.dtype());
+            if (dt == "float16") {
+                check<uint16_t>(k_cache, "k_cache", {-1, -1, D});
+                check<uint16_t>(v_cache, "v_cache", {Hkv, C, D});
+                kv.type = KvType::F16;
+            } else if (dt == "int8") {
+                check<int8_t>(k_cache, "k_cache", {-1, -1, D});
+                check<int8_t>(v_cache, "v_cache", {Hkv, C, D});
+                if (k_scale.is_none() || v_scale.is_none())
+                    throw py::value_error("attention: an int8 cache needs k_scale and v_scale [Hkv, C]");
+                py::array ks = k_scale.cast<py::array>(), vs = v_scale.cast<py::array>();
+                check<float>(ks, "k_scale", {Hkv, C});
+                check<float>(vs, "v_scale", {Hkv, C});
+                kv = KvCacheView{KvType::I8, k_cache.data(), v_cache.data(), cst<float>(ks), cst<float>(vs)};
+            } else {
+                check<float>(k_cache, "k_cache", {-1, -1, D});  // float32, or the dtype error
+                check<float>(v_cache, "v_cache", {Hkv, C, D});
+            }
+            if (kv.type != KvType::I8 && !(k_scale.is_none() && v_scale.is_none()))
+                throw py::value_error("attention: k_scale / v_scale belong to an int8 cache only");
             if (Hkv < 1 || Hq % Hkv) throw py::value_error("q heads must be a multiple of kv heads");
             if (pos0 < 0 || pos0 + T > C)
                 throw py::value_error("attention: positions " + std::to_string(pos0) + ".." +
@@ -377,10 +399,26 @@ PYBIND11_MODULE(_kernels, m) {
             py::array o = out_array(out, {T, Hq, D});
             {
                 py::gil_scoped_release nogil;
-                attention(cst<float>(q), T, Hq, D, cst<float>(k_cache), cst<float>(v_cache), Hkv, C,
-                          pos0, mut<float>(o));
+                attention_kv(cst<float>(q), T, Hq, D, kv, Hkv, C, pos0, mut<float>(o));
             }
             return o;
         },
-        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"), py::arg("out") = py::none());
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"), py::arg("out") = py::none(),
+        py::arg("k_scale") = py::none(), py::arg("v_scale") = py::none());
+    m.def(
+        "kv_store_int8",
+        [](py::array x, py::array q_cache, py::array s_cache, int64_t pos0) {
+            check<float>(x, "x", {-1, -1, -1});
+            const int64_t T = x.shape(0), Hkv = x.shape(1), D = x.shape(2);
+            check<int8_t>(q_cache, "q_cache", {Hkv, -1, D}, true);
+            const int64_t C = q_cache.shape(1);
+            check<float>(s_cache, "s_cache", {Hkv, C}, true);
+            if (pos0 < 0 || pos0 + T > C)
+                throw py::value_error("kv_store_int8: positions " + std::to_string(pos0) + ".." +
+                                      std::to_string(pos0 + T) + " exceed the cache (" +
+                                      std::to_string(C) + ")");
+            py::gil_scoped_release nogil;
+            kv_store_int8(cst<float>(x), T, Hkv, D, mut<int8_t>(q_cache), mut<float>(s_cache), C, pos0);
+        },
+        py::arg("x"), py::arg("q_cache"), py::arg("s_cache"), py::arg("pos0"));
 }

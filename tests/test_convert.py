@@ -34,13 +34,13 @@ def _model_forward():
 
 def engine_logits(path, ids):
     Model = _model_forward()
-    return Model(tpk.read(path), ctx=128).forward(np.asarray(ids))
+    return Model(tpk.read(path), ctx=128, kv_dtype="f32").forward(np.asarray(ids))
 
 
 def engine_greedy(path, prompt, n):
     """Greedy decoding through the KV cache: prefill once, then one token per step."""
     Model = _model_forward()
-    m = Model(tpk.read(path), ctx=128)
+    m = Model(tpk.read(path), ctx=128, kv_dtype="f32")
     logits = m.forward(np.asarray(prompt), last_only=True)[-1]
     out = []
     for _ in range(n):

@@ -22,7 +22,7 @@ GOLDEN_SEED0 = (" by the Lord's hands. But what was no more a man to be sure. Th
 
 @pytest.fixture(scope="module")
 def eng():
-    return Engine()
+    return Engine(kv_dtype="f32")
 
 
 def test_greedy_golden_text(eng, isa):
@@ -41,7 +41,7 @@ def test_seeded_sampling_golden_text(eng):
 
 def test_ternary_run_default_model_seed0():
     # The README's first command: the embedded model, llama.cpp-style sampling defaults, seed 0.
-    r = subprocess.run([sys.executable, "-m", "engine.cli", PROMPT, "-n", "64", "--seed", "0"],
+    r = subprocess.run([sys.executable, "-m", "engine.cli", PROMPT, "-n", "64", "--seed", "0", "--kv-dtype", "f32"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout == PROMPT + GOLDEN_SEED0 + "\n"
@@ -64,7 +64,7 @@ def test_ternary_ppl_matches_forward(tmp_path, eng):
     logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
         - logits.max(1, keepdims=True)
     expected = math.exp(-logp[np.arange(len(ids)), ids].mean())
-    r = subprocess.run([sys.executable, "-m", "engine.ppl", str(f)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "engine.ppl", str(f), "--kv-dtype", "f32"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert f"perplexity {expected:.3f}" in r.stdout

@@ -149,7 +149,7 @@ def agree(got, ref):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_numpy_reference(tiny, case):
-    got = Model(tiny[case], ctx=64).forward(PROMPT)
+    got = Model(tiny[case], ctx=64, kv_dtype="f32").forward(PROMPT)
     top1, err = agree(got, reference_logits(tiny[case], PROMPT))
     assert top1 >= 0.9 and err <= 1e-2, (top1, err)
 
@@ -228,7 +228,7 @@ def test_matches_transformers(tiny, case):
     m = hf_model(tiny[case])
     with torch.no_grad():
         ref = m(torch.tensor([PROMPT])).logits[0].float().numpy()
-    got = Model(tiny[case], ctx=64).forward(PROMPT)
+    got = Model(tiny[case], ctx=64, kv_dtype="f32").forward(PROMPT)
     top1, err = agree(got, ref)
     assert top1 >= 0.9 and err <= 1e-2, (top1, err)
 
@@ -271,7 +271,7 @@ def test_bad_token_ids(tiny):
 # -- Engine -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def eng(tiny):
-    return Engine(tiny["bitnet-t2-tied"], ctx=96)
+    return Engine(tiny["bitnet-t2-tied"], ctx=96, kv_dtype="f32")
 
 
 def test_engine_forward_and_ids(eng):

@@ -165,7 +165,7 @@ def test_batch_and_prefix_reuse_follow_the_sequence_length(built, name):
     ck, out = built(name)
     prompts = [prompt_of(48), prompt_of(12, seed=4), prompt_of(30, seed=5), prompt_of(44, seed=6)]
     want = [engine_greedy(out, p, GREEDY) for p in prompts]
-    model = Model(tpk.read(out), ctx=128)
+    model = Model(tpk.read(out), ctx=128, kv_dtype="f32")
     greedy = SamplingParams(temperature=0.0)
     batch = B.Batch(model, max_batch=3, prefill_chunk=5)
     seqs = []
@@ -175,7 +175,7 @@ def test_batch_and_prefix_reuse_follow_the_sequence_length(built, name):
             batch.step()
     batch.run_until_done()
     assert [s.generated for s in seqs] == want
-    eng = Engine(out, ctx=128)
+    eng = Engine(out, ctx=128, kv_dtype="f32")
     for p, w in [(prompts[2], want[2]), (prompts[2][:20], engine_greedy(out, prompts[2][:20], GREEDY)),
                  (prompts[2], want[2])]:
         assert list(eng.generate_ids(p, GREEDY, Sampler(greedy, D.vocab, seed=0))) == w

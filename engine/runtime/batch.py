@@ -84,7 +84,8 @@ class Batch:
         self.max_rows = max(max_batch + prefill_chunk, self.max_prefill)
         # One KV cache per slot; np.zeros maps pages lazily, so resident memory grows with the
         # positions used and is bounded by max_batch * ctx.
-        self.caches = [KVCache(a.n_layers, a.n_kv_heads, m.ctx, a.head_dim) for _ in range(max_batch)]
+        self.caches = [KVCache(a.n_layers, a.n_kv_heads, m.ctx, a.head_dim, m.cache.dtype)
+                       for _ in range(max_batch)]
         self.buf = make_buffers(a, self.max_rows)
         self.tokens = np.zeros(self.max_rows, np.int64)                 # (R,) token of each row
         self.pos = np.zeros(self.max_rows, np.int64)                    # (R,) position of each row

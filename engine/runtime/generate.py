@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.runtime.kvcache import DEFAULT_KV_DTYPE, check_kv_dtype
 from engine.runtime.sampling import Sampler, SamplingParams
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "default.tpk"
@@ -89,11 +90,14 @@ class TextStream:
 
 
 class Engine:
-    def __init__(self, path=None, threads: int | None = None, ctx: int | None = None):
+    def __init__(self, path=None, threads: int | None = None, ctx: int | None = None,
+                 kv_dtype: str = DEFAULT_KV_DTYPE):
+        """kv_dtype: the KV cache's "f32" | "f16" | "int8" (engine/runtime/kvcache.py)."""
         from engine.formats import tpk
         from engine.runtime.model import Model
         from engine.runtime.tokenizer import Tokenizer
 
+        check_kv_dtype(kv_dtype)  # before the file is read: a bad name is the caller's error
         t0 = time.perf_counter()
         if path is None:
             if not DEFAULT_MODEL.exists():
@@ -103,7 +107,7 @@ class Engine:
         self.path = os.fspath(path)
         self.tpk = tpk.read(self.path)
         self.config = self.tpk.config
-        self.model = Model(self.tpk, threads=threads, ctx=ctx)
+        self.model = Model(self.tpk, threads=threads, ctx=ctx, kv_dtype=kv_dtype)
         tc = self.config["tokenizer"]
         try:
             self.tokenizer = Tokenizer.from_bytes(tc["type"], self.tpk.tokenizer_bytes, tc)

@@ -26,7 +26,7 @@ import numpy as np
 from engine import kernels as K
 from engine.formats import tpk as tpk_module
 from engine.runtime import kernel_choice
-from engine.runtime.kvcache import KVCache
+from engine.runtime.kvcache import DEFAULT_KV_DTYPE, KVCache
 from engine.runtime.rope import Rope
 
 DEFAULT_CTX = 4096     # when neither ctx nor a smaller max_position is given
@@ -145,7 +145,8 @@ def head_linear(t: dict, embed: np.ndarray):
 
 
 class Model:
-    def __init__(self, tpk, threads: int | None = None, ctx: int | None = None, kernels=None):
+    def __init__(self, tpk, threads: int | None = None, ctx: int | None = None, kernels=None,
+                 kv_dtype: str = DEFAULT_KV_DTYPE):
         if isinstance(tpk, (str, os.PathLike)):
             tpk = tpk_module.read(tpk)
         self.tpk = tpk
@@ -160,7 +161,7 @@ class Model:
         self.head_linear = head_linear(t, self.embed)                   # (x [T, dim], out [T, vocab])
         self.rope = Rope(a.head_dim, a.rope_theta, a.rope_scaling, self.ctx)
         self.cos, self.sin = self.rope.cos, self.rope.sin                # f32 [ctx, D/2]
-        self.cache = KVCache(a.n_layers, a.n_kv_heads, self.ctx, a.head_dim)
+        self.cache = KVCache(a.n_layers, a.n_kv_heads, self.ctx, a.head_dim, kv_dtype)  # f32/f16/int8
         self.ternary, self.divide = a.weight_format != "f16", a.scale_mode == "div"
         self.kernel_plan = self.choose_kernels(kernels)  # kernels: kernel_choice.Settings or None
         self.buf1 = make_buffers(a, 1)                                   # decode: T = 1
@@ -213,7 +214,7 @@ class Model:
             K.rope_neox(k3, cos, sin)
             for cache, r0, r1, pos in spans:
                 cache.update(i, pos, k3[r0:r1], v3[r0:r1])
-                K.attention(q3[r0:r1], cache.k[i], cache.v[i], pos, out=b.att[r0:r1])
+                cache.attend(i, q3[r0:r1], pos, b.att[r0:r1])
             self._project(att2, L.attn_sub_norm, (L.o,), (b.o,), b)
             b.h += b.o
             self._mlp(L, b)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from engine.runtime.generate import TextStream
 from engine.runtime.batch import CANCELLED, DEFAULT_PREFILL_CHUNK, ERROR, Batch, QueueFull, Sequence
+from engine.runtime.kvcache import DEFAULT_KV_DTYPE, KV_DTYPES
 from engine.runtime.sampling import Sampler, SamplingParams
 from engine.serve.guard import ApiKeyGuard, ConcurrencyLimit, InFlight
 from engine.serve.metrics import Metrics, RequestCounter
@@ -682,6 +683,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=None, metavar="C",
                    help="context per request in tokens, prompt plus completion (default: the model's "
                         "max_position, at most 4096); KV memory is max-batch x ctx")
+    p.add_argument("--kv-dtype", default=DEFAULT_KV_DTYPE, choices=KV_DTYPES,
+                   help=f"KV cache dtype (default {DEFAULT_KV_DTYPE}; int8: about 0.27x f32's memory)")
     p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, metavar="T",
                    help="prompt tokens run per step while others are generating (default "
                         f"{DEFAULT_PREFILL_CHUNK}): smaller keeps their tokens flowing, larger "
@@ -757,7 +760,7 @@ def main(argv=None) -> int:
     from engine.formats.tpk import TpkError
 
     try:
-        engine = Engine(args.model, threads=args.threads, ctx=args.ctx)
+        engine = Engine(args.model, threads=args.threads, ctx=args.ctx, kv_dtype=args.kv_dtype)
     except (TpkError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
