@@ -29,6 +29,15 @@ def cheap_probe(monkeypatch):
     monkeypatch.setattr(kernel_probe, "COLD_BYTES", 1 << 16)
     monkeypatch.setattr(kernel_probe, "MIN_SECONDS", 1e-4)
     monkeypatch.setattr(kernel_probe, "ROUNDS", 1)
+    monkeypatch.setattr(kc, "PROBE_MIN_BYTES", 0)  # the tiny models are probed, not tabled
+
+
+def test_small_model_uses_the_table_not_the_probe(tiny, tmp_path):
+    """Under the default TERNARY_PROBE=on a model below PROBE_MIN_BYTES is not probed (the
+    probe would cost more than its load), and no cache file is written."""
+    path = tmp_path / "probe.json"
+    plan = Model(tiny, kernels=kc.Settings(cache_path=str(path))).kernel_plan
+    assert plan.probes == 0 and plan.source in ("table", "file") and not path.exists()
 
 
 def outputs(model):

@@ -19,7 +19,9 @@ at load (unpack + pack, about 5 ns per weight on one core).
 Environment (read when a Model is built; Settings.from_env):
   TERNARY_KERNEL  auto (default) | t2 | t1 | tl1 | tl2 (every bucket) | bucket=layout[,...]
                   (e.g. gemv=tl2,gemm=t2; the buckets not named stay automatic)
-  TERNARY_PROBE   on (default: cached probe) | off (TABLE, else the file's layout) |
+  TERNARY_PROBE   on (default: cached probe; a model under PROBE_MIN_BYTES of ternary weights
+                  uses TABLE instead: probing costs about a second per shape, more than such a
+                  model takes to load) | off (TABLE, else the file's layout) |
                   fresh (probe again, overwrite the cache)
   TERNARY_REPACK  auto (default: one layout per group, the one whose worst bucket is closest to
                   that bucket's best) | dual (the best layout per bucket: up to two copies of a
@@ -28,6 +30,7 @@ Environment (read when a Model is built; Settings.from_env):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mmap
 import os
@@ -45,6 +48,7 @@ FEW_MAX = 16
 PROBE_M = (1, 8, 128)
 GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))  # Model._project's fused calls
 MIN_GAIN = 1.05   # leave the file's layout only for a probed gain of at least this
+PROBE_MIN_BYTES = 32 << 20  # smaller models (weights in L2/L3, loads in ms) use TABLE under "on"
 # Probing off: best layout per bucket and the best single layout, per ISA, from the kernel
 # benchmarks on Zen 4 (AVX-512: TL2 GEMV 2.0x T2 from L2, 1.45x from DRAM, GEMM 1.64-1.89x;
 # AVX2: TL2 GEMV 2.0x, M=8 step 1.18x, GEMM 0.93x). Other ISAs: the file's layout.
@@ -259,6 +263,9 @@ def _apply(model, plan: KernelPlan) -> None:
 def choose(model, settings: Settings | None = None) -> KernelPlan:
     """Choose and apply a layout per bucket for every linear group of a ternary model."""
     s = settings or Settings.from_env()
+    weight_bytes = sum(getattr(L, n).weight.nbytes for L in model.layers for g in GROUPS for n in g)
+    if s.probe == "on" and weight_bytes < PROBE_MIN_BYTES:
+        s = dataclasses.replace(s, probe="off")
     plan = KernelPlan(K.active_isa(), K.threads(), model.args.weight_format)
     cache = kernel_probe.ProbeCache(s.cache_path or kernel_probe.default_cache_path(),
                                     fresh=s.probe == "fresh") if s.probe != "off" else None
