@@ -65,7 +65,7 @@ def test_i2s_logits(i2s):
     g, h = tpk.read(out), tpk.read(case.tpk)  # the safetensors route with the file's scales: bit-identical
     for prefix in tpk.linear_shapes(h.config):
         h.tensors[prefix + ".scale"] = g.tensors[prefix + ".scale"]
-    np.testing.assert_array_equal(got, Model(h, ctx=128).forward(np.asarray(case.prompt)))
+    np.testing.assert_array_equal(got, Model(h, ctx=128, kv_dtype="f32").forward(np.asarray(case.prompt)))
     rel_hf, _ = check_logits(got, engine_logits(case.tpk, case.prompt))
     rel_ref, _ = check_logits(got, case.ref_logits)
     assert rel_hf < 1e-5, rel_hf
@@ -247,5 +247,5 @@ def test_b158(i2s):
             np.testing.assert_array_equal(b.tensors[name], g.tensors[name], err_msg=name)
     g.config.update(hidden_act="relu2", tie_word_embeddings=False)  # the same model, by hand
     g.tensors["lm_head.weight"] = b.tensors["lm_head.weight"]
-    want = Model(g, ctx=128).forward(np.asarray(case.prompt))
+    want = Model(g, ctx=128, kv_dtype="f32").forward(np.asarray(case.prompt))
     np.testing.assert_array_equal(engine_logits(out2, case.prompt), want)
