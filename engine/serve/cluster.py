@@ -167,6 +167,8 @@ def _serve(ray, serve, args, opts) -> int:
     """Deploy on the Ray cluster, serve until SIGINT / SIGTERM, then take the app down (and the
     local cluster, when this process started it)."""
     local = args.ray_address is None
+    if local:   # Ray runs workers at nice 15 by default: replicas would lose the CPU to anything else
+        os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(address=args.ray_address, include_dashboard=False, logging_level=logging.WARNING,
              configure_logging=False)
     stop = threading.Event()
