@@ -92,7 +92,7 @@ def start_cluster(model, port, args, max_batch, replicas):
     log = open(os.path.join(tmp, "serve.log"), "w+")
     cmd = _server_cmd(model, port, args, max_batch) + ["--replicas", str(replicas), "--threads",
                                                         str(args.threads or 1)]
-    proc = subprocess.Popen(cmd, env=_env(RAY_TMPDIR=tmp), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=_env(RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0"), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while True:
         log.seek(0)

@@ -88,7 +88,7 @@ def cluster_server(model_path, tmp_path_factory):
     dir of its own (short: Ray's socket paths must fit 107 bytes) -> (base url, proc, temp dir)."""
     port = _free_port()
     ray_tmp = tempfile.mkdtemp(prefix="tray-")
-    env = dict(os.environ, RAY_TMPDIR=ray_tmp, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(engine.__file__)), os.environ.get("PYTHONPATH", "")]))
     log = open(tmp_path_factory.mktemp("cluster-log") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "engine.serve", model_path, "--replicas", "2", "--threads", "1",
