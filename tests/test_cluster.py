@@ -208,6 +208,17 @@ def test_options_take_serve_run_strings_and_refuse_bad_ones():
         cluster.options({"replicas": 0})
 
 
+def test_server_flags_the_replicas_would_not_apply_are_refused():
+    """A flag the single-process server has and the replicas do not forward is an error, not
+    silently dropped; a key counts even at its default (read from the environment)."""
+    p = cluster.parser()
+    assert cluster.unforwarded(p, p.parse_args(["--replicas", "2", "--threads", "1", "--max-batch", "4"])) == []
+    p.add_argument("--shutdown-timeout", type=float, default=30.0)
+    p.add_argument("--api-key", default="from-env")
+    args = p.parse_args(["--replicas", "2", "--shutdown-timeout", "5"])
+    assert cluster.unforwarded(p, args) == ["--shutdown-timeout", "--api-key"]
+
+
 def test_flags_help_and_no_ray_without_replicas():
     """--help lists the server's flags and the cluster's; --ray-address alone is an error;
     importing the entry point and the cluster module loads no ray."""

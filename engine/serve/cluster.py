@@ -137,6 +137,15 @@ def parser():
     return p
 
 
+def unforwarded(p, args) -> list[str]:
+    """Server flags given that the replicas would not apply (any the server gains that OPTIONS
+    lacks); a key counts even when it is the default (e.g. taken from the environment), since
+    serving without it would open what the user meant to close."""
+    handled = set(OPTIONS) | {"host", "port", "log_level", "ray_address"}
+    return ["--" + k.replace("_", "-") for k, v in vars(args).items() if k not in handled
+            and (v != p.get_default(k) or ("key" in k and v))]
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = parser()
@@ -146,6 +155,8 @@ def main(argv=None) -> int:
             p.error("--ray-address needs --replicas")
         from engine.serve.server import main as server_main
         return server_main(argv)
+    if unforwarded(p, args):
+        p.error(f"{', '.join(unforwarded(p, args))}: not supported with --replicas yet")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     try:
         opts = options({k: getattr(args, k) for k in OPTIONS if k != "threads"} | {"threads": args.threads or 1})
