@@ -213,10 +213,10 @@ def test_server_flags_the_replicas_would_not_apply_are_refused():
     silently dropped; a key counts even at its default (read from the environment)."""
     p = cluster.parser()
     assert cluster.unforwarded(p, p.parse_args(["--replicas", "2", "--threads", "1", "--max-batch", "4"])) == []
-    p.add_argument("--shutdown-timeout", type=float, default=30.0)
-    p.add_argument("--api-key", default="from-env")
-    args = p.parse_args(["--replicas", "2", "--shutdown-timeout", "5"])
-    assert cluster.unforwarded(p, args) == ["--shutdown-timeout", "--api-key"]
+    p.add_argument("--test-only-timeout", type=float, default=30.0)   # stand-ins for flags a server
+    p.add_argument("--test-only-key", default="from-env")             # may gain later
+    args = p.parse_args(["--replicas", "2", "--test-only-timeout", "5"])
+    assert cluster.unforwarded(p, args) == ["--test-only-timeout", "--test-only-key"]
 
 
 def test_flags_help_and_no_ray_without_replicas():
