@@ -15,7 +15,7 @@ ROOT = Path(engine.__file__).resolve().parent
 # Modules a model run needs; none of them may import what is listed in FORBIDDEN_FOR_RUNTIME.
 RUNTIME = ("engine", "engine.kernels", "engine.quant", "engine.formats", "engine.runtime")
 FORBIDDEN_FOR_RUNTIME = ("torch", "transformers", "ternary_train", "ternary_bench", "engine.serve",
-                         "engine.convert", "engine.cli", "engine.ppl", "fastapi", "uvicorn")
+                         "engine.convert", "engine.cli", "engine.ppl", "fastapi", "uvicorn", "ray")
 
 
 def module_names() -> dict[str, Path]:
@@ -128,7 +128,7 @@ def test_running_a_model_loads_no_torch_transformers_trainer_or_server():
                        env=dict(os.environ, PYTHONPATH=str(ROOT.parent)))
     assert r.returncode == 0, r.stderr
     loaded = json.loads(r.stdout.strip().splitlines()[-1])
-    banned = ("torch", "transformers", "ternary_train", "engine.serve", "fastapi", "uvicorn")
+    banned = ("torch", "transformers", "ternary_train", "engine.serve", "fastapi", "uvicorn", "ray")
     assert [m for m in loaded if any(m == b or m.startswith(b + ".") for b in banned)] == []
 
 
