@@ -32,6 +32,8 @@ MAX_BATCH, QUEUE = 2, 0     # each replica takes 2 requests at once; Ray's route
 PROMPTS = ["Once upon a time", "The cat liked to sleep in the sun", "x", "Numbers like 12345",
            "They played together every day", "The quick brown fox"]
 BODY = {"model": MODEL_ID, "max_tokens": 160, "temperature": 0, "ignore_eos": True}
+KEY, MAX_TOKENS = "cluster-test-key", 200   # --api-key and --max-tokens, forwarded to every replica
+AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = [{"role": "user", "content": "Tell me a story about a cat."}]
 
 
@@ -93,7 +95,8 @@ def cluster_server(model_path, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("cluster-log") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "engine.serve", model_path, "--replicas", "2", "--threads", "1",
                              "--max-batch", str(MAX_BATCH), "--queue", str(QUEUE), "--ctx", str(CTX),
-                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                             "--api-key", KEY, "--max-tokens", str(MAX_TOKENS)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -121,7 +124,7 @@ def cluster_server(model_path, tmp_path_factory):
 
 def _complete(base, prompt, start):
     start.wait()
-    r = httpx.post(base + "/v1/completions", json={**BODY, "prompt": prompt}, timeout=120)
+    r = httpx.post(base + "/v1/completions", json={**BODY, "prompt": prompt}, headers=AUTH, timeout=120)
     assert r.status_code == 200, r.text
     return r.headers[cluster.REPLICA_HEADER], r.json()["choices"][0]["text"]
 
@@ -131,7 +134,7 @@ def _stream(base, prompt, start):
     start.wait()
     pieces, done = [], False
     with httpx.stream("POST", base + "/v1/completions", json={**BODY, "prompt": prompt, "stream": True},
-                      timeout=120) as r:
+                      headers=AUTH, timeout=120) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line == "data: [DONE]":
@@ -152,7 +155,20 @@ def test_health_and_models_through_the_proxy(cluster_server):
     h = httpx.get(base + "/health", timeout=10)
     assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["slots"] == MAX_BATCH
     assert h.headers[cluster.REPLICA_HEADER]
-    assert [m["id"] for m in httpx.get(base + "/v1/models", timeout=10).json()["data"]] == [MODEL_ID]
+    assert [m["id"] for m in httpx.get(base + "/v1/models", headers=AUTH, timeout=10).json()["data"]] == [MODEL_ID]
+
+
+def test_replicas_enforce_the_api_key_and_limits(cluster_server):
+    """--api-key and --max-tokens reach every replica: no or a wrong key is 401 (OpenAI's body),
+    a max_tokens above the cap is 400, on whichever replica answers."""
+    base, _, _ = cluster_server
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        for _ in range(4):   # several requests: both replicas get some
+            r = httpx.post(base + "/v1/completions", json={**BODY, "prompt": "x"}, headers=headers, timeout=30)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = httpx.post(base + "/v1/completions", json={**BODY, "prompt": "x", "max_tokens": MAX_TOKENS + 1},
+                   headers=AUTH, timeout=30)
+    assert r.status_code == 400, r.text
 
 
 def test_concurrent_requests_spread_over_replicas_with_single_process_answers(cluster_server, reference):
@@ -176,7 +192,7 @@ def test_concurrent_streams_spread_over_replicas_with_single_process_answers(clu
 def test_openai_client_streams_chat_through_the_cluster(cluster_server, reference):
     base, _, _ = cluster_server
     _, chat_text = reference
-    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=120)
     stream = client.chat.completions.create(model=MODEL_ID, messages=CHAT, max_tokens=BODY["max_tokens"],
                                             temperature=0, stream=True, extra_body={"ignore_eos": True})
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == chat_text
@@ -206,6 +222,10 @@ def test_options_take_serve_run_strings_and_refuse_bad_ones():
         cluster.options({"threads": "two"})
     with pytest.raises(ValueError, match="replicas must be >= 1"):
         cluster.options({"replicas": 0})
+    opts = cluster.options({"api_key": "k", "body_timeout": "2.5", "max_tokens": "64"})
+    assert opts["api_key"] == "k" and opts["body_timeout"] == 2.5 and opts["max_tokens"] == 64
+    with pytest.raises(ValueError, match="body_timeout must be > 0"):
+        cluster.options({"body_timeout": "0"})
 
 
 def test_server_flags_the_replicas_would_not_apply_are_refused():

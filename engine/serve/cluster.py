@@ -26,7 +26,14 @@ REPLICA_HEADER = "x-ternary-replica"
 APP_NAME = "ternary"
 # build_app's options: name -> (type, default); the CLI's flags of the same names.
 OPTIONS = {"model": (str, None), "replicas": (int, 1), "threads": (int, 1), "ctx": (int, None),
-           "max_batch": (int, 8), "queue": (int, 64), "prefill_chunk": (int, None), "model_name": (str, None)}
+           "max_batch": (int, 8), "queue": (int, 64), "prefill_chunk": (int, None), "model_name": (str, None),
+           # the safety settings (server.Limits; None: the server's default) and the SIGTERM drain,
+           # which Ray applies per replica (graceful_shutdown_timeout_s)
+           "api_key": (str, None), "max_body_bytes": (int, None), "body_timeout": (float, None),
+           "max_prompt_tokens": (int, None), "max_tokens": (int, None), "max_concurrency": (int, None),
+           "shutdown_timeout": (float, 30.0)}
+LIMIT_OPTIONS = ("api_key", "max_body_bytes", "body_timeout", "max_prompt_tokens", "max_tokens",
+                 "max_concurrency")
 
 
 class ReplicaHeader:
@@ -51,14 +58,15 @@ def replica_app(opts: dict, replica: str):
     Ray sees its constructor return), then create_app over it, tagged with the replica id."""
     from engine import Engine
     from engine.runtime.batch import DEFAULT_PREFILL_CHUNK, Batch
-    from engine.serve.server import create_app, warm_up
+    from engine.serve.server import Limits, create_app, warm_up
 
     engine = Engine(opts["model"], threads=opts["threads"], ctx=opts["ctx"])
     warm_up(engine)
     batch = Batch(engine.model, max_batch=opts["max_batch"], max_queue=opts["queue"],
                   prefill_chunk=opts["prefill_chunk"] or DEFAULT_PREFILL_CHUNK)
     model_id = opts["model_name"] or os.path.splitext(os.path.basename(engine.path))[0]
-    app = create_app(engine, batch, model_id, warmup=lambda e: None)   # warmed up above
+    limits = Limits(**{k: opts[k] for k in LIMIT_OPTIONS if opts[k] is not None})
+    app = create_app(engine, batch, model_id, warmup=lambda e: None, limits=limits)   # warmed up above
     app.add_middleware(ReplicaHeader, replica=replica)
     log.info("replica %s: model %s, %d threads", replica, model_id, opts["threads"])
     return app
@@ -73,13 +81,15 @@ def options(args: dict) -> dict:
     out = {}
     for name, (kind, default) in OPTIONS.items():
         v = args.get(name, default)
-        if v is not None and kind is int:
+        if v is not None and kind in (int, float):
             try:
-                v = int(v)
+                v = kind(v)
             except (TypeError, ValueError):
-                raise ValueError(f"{name} must be an integer, got {v!r}") from None
-            if v < (0 if name == "queue" else 1):
-                raise ValueError(f"{name} must be >= {0 if name == 'queue' else 1}, got {v}")
+                raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                                 f"got {v!r}") from None
+            low = 0 if name in ("queue", "shutdown_timeout") else 1
+            if v < low or (name == "body_timeout" and not v > 0):
+                raise ValueError(f"{name} must be {'> 0' if name == 'body_timeout' else f'>= {low}'}, got {v}")
         out[name] = v
     return out
 
@@ -109,8 +119,10 @@ def build_app(args: dict | None = None):
     from ray import serve
 
     opts = options(dict(args or {}))
+    opts["api_key"] = opts["api_key"] or os.environ.get("TERNARY_API_KEY") or None  # as the server does
     cls = serve.deployment(name="TernaryServe", num_replicas=opts["replicas"],
                            ray_actor_options={"num_cpus": opts["threads"]},
+                           graceful_shutdown_timeout_s=opts["shutdown_timeout"],
                            max_ongoing_requests=opts["max_batch"] + opts["queue"])(_deployment())
     return cls.bind({k: v for k, v in opts.items() if k != "replicas"})
 
