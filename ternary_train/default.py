@@ -6,7 +6,7 @@ Steps, each skipped when its output already exists (so an interrupted rebuild is
 rerun with the same command and continues from the last training checkpoint):
 1. the corpus (ternary_train.corpus: Debian packages -> train.txt / val.txt);
 2. the tokenizer (ternary_train.tokenizer, vocab 4096, + uint16 token streams);
-3. training: qat --config base --threads 2 --resume (a 70-minute wall-clock
+3. training: qat --config base --threads 2 --resume (a one-hour wall-clock
    schedule; export to hf/ and model.tpk);
 4. the engine's perplexity and bits/byte of model.tpk on the validation split
    (evaltpk), which must match the trainer's;

@@ -57,15 +57,18 @@ def test_resume_is_exact(corpus, tmp_path):
 def test_time_schedule_follows_the_step_schedule():
     tc = qat.TrainConfig()
     total = 10_000
-    for step in (150, 199, 200, 1000, 4999, 5000, 7500, 9999):       # (step 0: 1/warm vs ~0)
+    for step in (150, 199, 200, 1000, 4999, 5000, 7500, 9999):
         lr_s, wd_s = qat.lr_wd_at(step, total, tc, 3e-3)
-        lr_t, wd_t = qat.lr_wd_frac(step / total, tc, 3e-3)
+        lr_t, wd_t = qat.lr_wd_frac(step / total, step, tc, 3e-3)
         assert wd_s == wd_t
         assert lr_t == pytest.approx(lr_s, rel=0.02, abs=3e-6), step
     # stage 1 ends at 0.53 x peak with weight decay; stage 2 restarts at 0.33 x peak without
-    assert qat.lr_wd_frac(0.4999, tc, 1.0)[0] == pytest.approx(0.53, abs=1e-3)
-    assert qat.lr_wd_frac(0.5, tc, 1.0) == (pytest.approx(0.33), 0.0)
-    assert qat.lr_wd_frac(1.0, tc, 1.0)[0] == pytest.approx(0.0, abs=1e-12)
+    assert qat.lr_wd_frac(0.4999, 10**6, tc, 1.0)[0] == pytest.approx(0.53, abs=1e-3)
+    assert qat.lr_wd_frac(0.5, 10**6, tc, 1.0) == (pytest.approx(0.33), 0.0)
+    assert qat.lr_wd_frac(1.0, 10**6, tc, 1.0)[0] == pytest.approx(0.0, abs=1e-12)
+    # warmup counts steps, not seconds: 10 steps into a run that was paused for 40 % of its
+    # budget the LR is still 11/200 of the schedule's
+    assert qat.lr_wd_frac(0.4, 10, tc, 1.0)[0] == pytest.approx(11 / 200 * qat.lr_wd_frac(0.4, 10**6, tc, 1.0)[0])
 
 
 def test_time_budget_run_stops_on_the_clock_and_finishes(corpus, tmp_path):
