@@ -81,6 +81,13 @@ class TrainConfig:
     eval_tokens: int = 8192         # periodic val estimate (first windows of val)
     ckpt_every_s: float = 300.0
     seed: int = 1234
+    # > 0: the schedule runs on wall-clock time instead of steps: progress = elapsed /
+    # time_budget_s (training stops at 1, or at `tokens` if that comes first). On a
+    # shared machine the speed is unknown in advance; this way the two-stage schedule
+    # still completes. Resumable, but not bit-exact (lr depends on the clock).
+    time_budget_s: float = 0.0
+    warmup_steps: int = 200         # the time-budget schedule warms up over steps, not seconds
+    autocast: str = "none"          # none | bf16 (CPU autocast of the training forward)
 
 
 # name -> (model kwargs, train kwargs)
@@ -93,6 +100,12 @@ CONFIGS = {
     # the shipped model: sized by measured 1-thread training speed (docs/training.md)
     "small": (dict(hidden_size=192, intermediate_size=512, num_layers=4, num_heads=3,
                    num_kv_heads=3, head_dim=64), dict(tokens=3_000_000, batch_size=8)),
+    # the shipped model since issue 19: context 512, sized by measured 2-thread speed
+    # (the tokens are a cap: the schedule runs on a one-hour wall-clock budget, bf16 autocast)
+    "base": (dict(hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4,
+                  num_kv_heads=4, head_dim=64, max_position=512),
+             dict(seq_len=512, batch_size=4, tokens=40_000_000, time_budget_s=3600.0,
+                  autocast="bf16")),
 }
 
 
@@ -134,10 +147,17 @@ class BitLinear(nn.Linear):
             raise ValueError(f"quant must be one of {QUANT_MODES}")
         self.quant = quant
 
-    def forward(self, x):
+    def quant_input(self, x):
+        """The STE int8 activations of x; projections that share an input (q/k/v,
+        gate/up) quantize it once and pass it with prequantized=True."""
+        if self.quant == "none":
+            return x
+        return x + (act_quant(x) - x).detach()
+
+    def forward(self, x, prequantized: bool = False):
         if self.quant == "none":
             return F.linear(x, self.weight)
-        xq = x + (act_quant(x) - x).detach()
+        xq = x if prequantized else self.quant_input(x)
         t, ws = ternarize(self.weight, self.quant)
         w_over = self.weight / ws                        # d/dW flows through W / ws
         tq = w_over + (t.to(w_over.dtype) - w_over).detach()
@@ -185,9 +205,10 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.nh, self.d).transpose(1, 2)     # (B, Hq, T, D)
-        k = self.k_proj(x).view(B, T, self.nkv, self.d).transpose(1, 2)    # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.nkv, self.d).transpose(1, 2)
+        x = self.q_proj.quant_input(x)                  # one int8 quantization for q, k, v
+        q = self.q_proj(x, True).view(B, T, self.nh, self.d).transpose(1, 2)     # (B, Hq, T, D)
+        k = self.k_proj(x, True).view(B, T, self.nkv, self.d).transpose(1, 2)    # (B, Hkv, T, D)
+        v = self.v_proj(x, True).view(B, T, self.nkv, self.d).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if self.nkv != self.nh:
@@ -209,7 +230,9 @@ class MLP(nn.Module):
         self.ffn_sub_norm = RMSNorm(i, cfg.rms_norm_eps)
 
     def forward(self, x):
-        return self.down_proj(self.ffn_sub_norm(F.relu(self.gate_proj(x)) ** 2 * self.up_proj(x)))
+        x = self.gate_proj.quant_input(x)               # one int8 quantization for gate, up
+        h = F.relu(self.gate_proj(x, True)) ** 2 * self.up_proj(x, True)
+        return self.down_proj(self.ffn_sub_norm(h))
 
 
 class Block(nn.Module):
@@ -335,6 +358,18 @@ def lr_wd_at(step: int, total: int, tc: TrainConfig, peak: float) -> tuple[float
         return peak * (0.53 + 0.47 * 0.5 * (1 + math.cos(math.pi * p))), tc.weight_decay
     p = (step - half) / max(1, total - half)
     return peak * 0.33 * 0.5 * (1 + math.cos(math.pi * p)), 0.0
+
+
+def lr_wd_frac(f: float, step: int, tc: TrainConfig, peak: float) -> tuple[float, float]:
+    """The two stages of lr_wd_at with progress f in [0, 1] (the time-budget schedule).
+    Warmup is linear over the first tc.warmup_steps steps, not seconds: a run paused
+    (or slowed) early must not reach the peak LR after a handful of updates."""
+    warm = min(1.0, (step + 1) / max(1, tc.warmup_steps))
+    if f < 0.5:
+        p = f / 0.5
+        return warm * peak * (0.53 + 0.47 * 0.5 * (1 + math.cos(math.pi * p))), tc.weight_decay
+    p = min(1.0, (f - 0.5) / 0.5)
+    return warm * peak * 0.33 * 0.5 * (1 + math.cos(math.pi * p)), 0.0
 
 
 def make_optimizer(model: BitNetLM, tc: TrainConfig):
@@ -560,14 +595,22 @@ def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: boo
     loss_acc, n_acc, tok_window = loss_state
     t_window = time.time()
     stopped = False
+    timed = tc.time_budget_s > 0
     while step < total_steps:
-        lr, wd = lr_wd_at(step, total_steps, tc, peak)
+        if timed:
+            frac = (time.time() - t0) / tc.time_budget_s
+            if frac >= 1.0:
+                break
+            lr, wd = lr_wd_frac(frac, step, tc, peak)
+        else:
+            lr, wd = lr_wd_at(step, total_steps, tc, peak)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.param_groups[0]["weight_decay"] = wd        # group 1 (norms) never decays
         x, y = batch_at(train_stream, step, tc.seed, tc.batch_size, tc.seq_len, mc.bos_id)
-        logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.autocast == "bf16"):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip:
@@ -579,7 +622,7 @@ def train(mc: ModelConfig, tc: TrainConfig, out: Path, corpus: Path, resume: boo
         n_acc += 1
         tok_window += x.numel()
         now = time.time()
-        last = step == total_steps
+        last = step == total_steps or (timed and time.time() - t0 >= tc.time_budget_s)
         if now - t_last_eval >= tc.eval_every_s or last or step == 1:
             vl, _ = evaluate(model, val_stream, tc.seq_len, tc.eval_tokens)
             tps = tok_window / max(1e-9, time.time() - t_window)
@@ -616,7 +659,7 @@ def configs_from_args(args) -> tuple[ModelConfig, TrainConfig]:
             mk[f] = v
     if args.hidden_size is not None and args.num_heads is None:
         mk["num_heads"] = mk["num_kv_heads"] = args.hidden_size // mk.get("head_dim", 64)
-    for f in ("tokens", "lr", "lr_fp", "seed", "batch_size", "seq_len"):
+    for f in ("tokens", "lr", "lr_fp", "seed", "batch_size", "seq_len", "time_budget_s", "autocast"):
         v = getattr(args, f)
         if v is not None:
             tk[f] = v
@@ -645,6 +688,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int)
     ap.add_argument("--batch-size", dest="batch_size", type=int)
     ap.add_argument("--seq-len", dest="seq_len", type=int)
+    ap.add_argument("--time-budget", dest="time_budget_s", type=float,
+                    help="run the LR/WD schedule on wall-clock seconds instead of steps")
+    ap.add_argument("--autocast", choices=("none", "bf16"))
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="checkpoint and stop after this long (resume later)")
     ap.add_argument("--bench", type=int, default=0,
@@ -669,7 +715,9 @@ def bench(mc: ModelConfig, tc: TrainConfig, corpus: Path, steps: int) -> int:
     for step in range(steps + 1):
         x, y = batch_at(train_stream, step, tc.seed, tc.batch_size, tc.seq_len, mc.bos_id)
         t = time.time()
-        loss = F.cross_entropy(model(x).reshape(-1, mc.vocab_size), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.autocast == "bf16"):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().reshape(-1, mc.vocab_size), y.reshape(-1))
         opt.zero_grad()
         loss.backward()
         opt.step()

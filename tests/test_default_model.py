@@ -1,7 +1,8 @@
 """The embedded default model (engine/data/default.tpk): exact golden text, the same on every ISA.
 
 The golden strings were produced by running this engine on the shipped model; a change to the
-model, the kernels' arithmetic or the sampler that alters them must be deliberate.
+model, the kernels' arithmetic or the sampler that alters them must be deliberate. Every sampling
+parameter is passed explicitly, so a change of the CLI's or generate()'s defaults does not move them.
 """
 import subprocess
 import sys
@@ -9,15 +10,20 @@ import sys
 import pytest
 
 from engine import Engine
+from engine.runtime.generate import DEFAULT_MODEL
 
 PROMPT = "It is a truth universally acknowledged"
-GOLDEN_GREEDY = (" to be a man.\nVerse 1. The Lord is the Lord's word.\n2. The Lord is the Lord.\n"
-                 "1. The Lord is the Lord.\n1. The Lord is the Lord.\n1. The Lord is the Lord.\n"
-                 "1. The Lord is the Lord.")
-GOLDEN_GREEDY_IDS = [285, 298, 262, 418, 4040, 3, 491, 4018, 4051, 4040, 355, 452, 306, 263, 452, 4060]
-GOLDEN_SEED0 = (" by the Lord's hands. But what was no more a man to be sure. The word of God, when it is"
-                " as an mowicent, but it is a unstary, that it is very good to be unplendate, and to be"
-                " more than a great man, that")
+SAMPLING = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repetition_penalty=1.0)
+SAMPLING_FLAGS = ["--temp", "0.8", "--top-k", "40", "--top-p", "0.95", "--min-p", "0.05",
+                  "--repeat-penalty", "1.0"]
+GOLDEN_GREEDY = (" to the Lord.\nVerse 1. The Lord is the God of the Lord.\n1. The Lord's people.\n"
+                 "2. The Lord's people.\n2. The Lord's people.\n2. The Lord's people.\n3. The Lord's "
+                 "people.\n")
+GOLDEN_GREEDY_IDS = [285, 263, 452, 4040, 3, 491, 4018, 4051, 4040, 355, 452, 306, 263, 347, 274, 263]
+GOLDEN_SEED0 = (". The word is, by the law of Christ, and of the soul, which is the most of the "
+                "truth. He is an honour to God in the world, and the Spirit in all the glory of "
+                "his own grace, and in the presence of his promise. He is a blessed God, and the "
+                "Lord is")
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +41,34 @@ def test_greedy_golden_ids(eng):
 
 
 def test_seeded_sampling_golden_text(eng):
-    out = eng.generate(PROMPT, max_new_tokens=64, temperature=0.8, seed=0)
+    out = eng.generate(PROMPT, max_new_tokens=64, seed=0, **SAMPLING)
     assert out == GOLDEN_SEED0
 
 
-def test_ternary_run_default_model_seed0():
-    # The README's first command: the embedded model, llama.cpp-style sampling defaults, seed 0.
-    r = subprocess.run([sys.executable, "-m", "engine.cli", PROMPT, "-n", "64", "--seed", "0", "--kv-dtype", "f32"],
-                       capture_output=True, text=True, timeout=120)
+def test_ternary_run_seed0_golden_text():
+    # the CLI with the same sampling parameters as flags gives the same text as generate()
+    r = subprocess.run([sys.executable, "-m", "engine.cli", PROMPT, "-n", "64", "--seed", "0",
+                        "--kv-dtype", "f32", *SAMPLING_FLAGS], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout == PROMPT + GOLDEN_SEED0 + "\n"
     assert "generation 64 tok" in r.stderr
+
+
+def test_readme_first_command_runs():
+    # The README's first command exactly, with whatever the CLI's sampling defaults are: the
+    # prompt is echoed and 64 tokens of text follow (the text itself is pinned above).
+    r = subprocess.run([sys.executable, "-m", "engine.cli", PROMPT, "-n", "64", "--seed", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(PROMPT) and len(r.stdout) > len(PROMPT) + 64
+    assert "generation 64 tok" in r.stderr
+
+
+def test_default_model_shape_and_size(eng):
+    # issue 19: context >= 512 tokens, the shipped file <= 16 MB
+    assert eng.config["max_position"] >= 512 and eng.ctx >= 512
+    assert DEFAULT_MODEL.stat().st_size <= 16 * 1024 * 1024
+    eng.generate(list(range(3, 503)), max_new_tokens=8, temperature=0)   # a 508-token sequence fits
 
 
 def test_ternary_ppl_matches_forward(tmp_path, eng):
