@@ -15,6 +15,12 @@ GOLDEN_GREEDY = (" to be a man.\nVerse 1. The Lord is the Lord's word.\n2. The L
                  "1. The Lord is the Lord.\n1. The Lord is the Lord.\n1. The Lord is the Lord.\n"
                  "1. The Lord is the Lord.")
 GOLDEN_GREEDY_IDS = [285, 298, 262, 418, 4040, 3, 491, 4018, 4051, 4040, 355, 452, 306, 263, 452, 4060]
+# The sampling settings the seeded golden values were made with (llama.cpp's defaults, the CLI's
+# before issue 19); passed explicitly so a change of defaults does not move them.
+OLD_DEFAULTS = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repetition_penalty=1.0,
+                    frequency_penalty=0.0, presence_penalty=0.0)
+OLD_FLAGS = ["--temp", "0.8", "--top-k", "40", "--top-p", "0.95", "--min-p", "0.05", "--repeat-penalty", "1.0",
+             "--frequency-penalty", "0", "--presence-penalty", "0"]
 GOLDEN_SEED0 = (" by the Lord's hands. But what was no more a man to be sure. The word of God, when it is"
                 " as an mowicent, but it is a unstary, that it is very good to be unplendate, and to be"
                 " more than a great man, that")
@@ -35,13 +41,13 @@ def test_greedy_golden_ids(eng):
 
 
 def test_seeded_sampling_golden_text(eng):
-    out = eng.generate(PROMPT, max_new_tokens=64, temperature=0.8, seed=0)
+    out = eng.generate(PROMPT, max_new_tokens=64, seed=0, **OLD_DEFAULTS)
     assert out == GOLDEN_SEED0
 
 
 def test_ternary_run_default_model_seed0():
-    # The README's first command: the embedded model, llama.cpp-style sampling defaults, seed 0.
-    r = subprocess.run([sys.executable, "-m", "engine.cli", PROMPT, "-n", "64", "--seed", "0"],
+    # The README's first command: the embedded model, llama.cpp's sampling defaults, seed 0.
+    r = subprocess.run([sys.executable, "-m", "engine.cli", PROMPT, "-n", "64", "--seed", "0", *OLD_FLAGS],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout == PROMPT + GOLDEN_SEED0 + "\n"
