@@ -30,7 +30,9 @@ CTX = 2048
 MAX_BATCH, QUEUE = 4, 16          # 20 requests fill slots + queue exactly
 PROMPTS = ["Once upon a time", "The cat liked to sleep in the sun and to watch the birds in the garden. One",
            "x", "Numbers like 12345 and 2024", "They played together every day", "The quick brown fox"]
-SAMPLING = dict(temperature=0.9, top_k=40, top_p=0.9, min_p=0.05)
+# The server's defaults are OpenAI's (no penalties), the engine's are its own: pass them all.
+SAMPLING = dict(temperature=0.9, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.0,
+                frequency_penalty=0.0, presence_penalty=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +202,16 @@ def test_seeded_sampling_matches_engine(client, eng):
         assert text == want
 
 
+def test_frequency_and_presence_penalties_match_engine(client, eng):
+    prompt, pen = PROMPTS[0], dict(frequency_penalty=1.2, presence_penalty=0.8)
+    want = eng.generate(prompt, max_new_tokens=24, seed=3, **dict(SAMPLING, **pen))
+    assert want != eng.generate(prompt, max_new_tokens=24, seed=3, **SAMPLING)
+    r = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=24, seed=3,
+                                  temperature=SAMPLING["temperature"], top_p=SAMPLING["top_p"],
+                                  extra_body={"top_k": SAMPLING["top_k"], "min_p": SAMPLING["min_p"]}, **pen)
+    assert r.choices[0].text == want
+
+
 def test_stop_string(client, eng):
     full = eng.generate(PROMPTS[0], max_new_tokens=24, temperature=0)
     stop = full[len(full) // 2:len(full) // 2 + 2]
@@ -259,6 +271,8 @@ BAD = {
     "image-part": ("chat/completions", {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]}),
     "nan": ("completions", b'{"prompt": "x", "temperature": NaN}'),
+    "frequency-penalty-range": ("completions", {"prompt": "x", "frequency_penalty": 2.5}),
+    "presence-penalty-type": ("completions", {"prompt": "x", "presence_penalty": "high"}),
     "deep-json": ("completions", b"[" * 100000 + b"]" * 100000),
     "not-json": ("completions", b"{not json"),
     "not-object": ("completions", [1, 2]),
