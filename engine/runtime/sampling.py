@@ -205,8 +205,7 @@ def _select(logits, params: SamplingParams, recent_ids=(), work=None, scratch=No
         # candidates are scaled, exactly as a scaled copy of the whole vocabulary would be.
         cand = top_k_candidates(x, params.top_k, float(x.max()))
         scaled = x[cand] * inv_t
-        probs = np.exp(scaled - scaled[0])
-        probs /= probs.sum()
+        probs = np.exp(scaled - scaled[0])  # unnormalized: probs[0] = 1, the sum is csum[-1]
     else:
         work = np.empty(v, np.float32) if work is None else work
         np.multiply(x, inv_t, out=work)
@@ -223,8 +222,10 @@ def _select(logits, params: SamplingParams, recent_ids=(), work=None, scratch=No
     n, csum = probs.shape[0], None
     if use_top_p:
         csum = np.cumsum(probs, dtype=np.float64)
-        # token i stays while the mass before it (csum[i - 1]) is < top_p (transformers TopP)
-        n = 1 + int(np.searchsorted(csum[:-1], params.top_p, side="left"))
+        # token i stays while the mass before it (csum[i - 1]) is < top_p of the whole
+        # (transformers TopP); the whole is csum[-1] when probs are unnormalized (top-k path)
+        total = csum[-1] if use_top_k else 1.0
+        n = 1 + int(np.searchsorted(csum[:-1], params.top_p * total, side="left"))
     if params.min_p > 0:  # probs descend, so the kept tokens are a prefix
         n = min(n, int(np.count_nonzero(probs[:n] >= params.min_p * probs[0])))
     return cand[:n], probs[:n], None if csum is None else csum[:n]
