@@ -74,12 +74,13 @@ LLAMA_CPP = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repetition_p
 SETTINGS = {
     "llama.cpp (T0.8 k40 p0.95 minp0.05)": LLAMA_CPP,
     "T0.8 rep1.1": dict(LLAMA_CPP, repetition_penalty=1.1),
-    "T0.8 rep1.2": dict(LLAMA_CPP, repetition_penalty=1.2),
+    "T0.7 rep1.05": dict(LLAMA_CPP, temperature=0.7, repetition_penalty=1.05),
+    "T0.6 rep1.05": dict(LLAMA_CPP, temperature=0.6, repetition_penalty=1.05),
     "T0.8 freq0.3 pres0.3": dict(LLAMA_CPP, frequency_penalty=0.3, presence_penalty=0.3),
-    "T0.7 rep1.1": dict(LLAMA_CPP, temperature=0.7, repetition_penalty=1.1),
-    "T0.7 rep1.1 freq0.2": dict(LLAMA_CPP, temperature=0.7, repetition_penalty=1.1, frequency_penalty=0.2),
+    "T0.6 rep1.2": dict(LLAMA_CPP, temperature=0.6, repetition_penalty=1.2),
+    "T0.6 rep1.1 freq0.2": dict(LLAMA_CPP, temperature=0.6, repetition_penalty=1.1, frequency_penalty=0.2),
     "T0.6 rep1.15 freq0.2": dict(LLAMA_CPP, temperature=0.6, repetition_penalty=1.15, frequency_penalty=0.2),
-    "T0.5 rep1.2 freq0.3": dict(LLAMA_CPP, temperature=0.5, repetition_penalty=1.2, frequency_penalty=0.3),
+    "T0.5 rep1.15 freq0.2": dict(LLAMA_CPP, temperature=0.5, repetition_penalty=1.15, frequency_penalty=0.2),
 }
 # The judge's sanity check: our own English sentence, and the same words in a fixed shuffle.
 CHECK_PROMPT = "The morning was bright and cold."
@@ -254,6 +255,9 @@ def parse_args(argv=None):
     ap.add_argument("-n", type=int, default=128, help="new tokens per reply (default 128)")
     ap.add_argument("--threads", type=int, default=None, help="threads for engine and judge")
     ap.add_argument("--compare", action="store_true", help="run every candidate of SETTINGS")
+    ap.add_argument("--setting", action="append", default=[], choices=list(SETTINGS), metavar="NAME",
+                    help="judge this entry of SETTINGS instead of the CLI defaults (may be repeated)")
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N prompts (default all)")
     ap.add_argument("--show", type=int, default=2, help="print this many replies (default 2)")
     ap.add_argument("--json", default=None, help="write every reply and score here")
     return ap.parse_args(argv)
@@ -271,13 +275,19 @@ def main(argv=None) -> int:
         return 2
     eng = engine.Engine(args.model, threads=args.threads)
     print(f"model {eng.path} | judge {os.path.basename(judge.path)} (check: English ppl {good:.1f}, "
-          f"shuffled {bad:.1f}) | words {args.words} ({len(dictionary)}) | seeds {seeds} | -n {args.n}")
+          f"shuffled {bad:.1f}) | words {args.words} ({len(dictionary)}) | seeds {seeds} | -n {args.n} | "
+          f"{min(args.prompts, len(PROMPTS))} prompts")
     defaults = {f: getattr(DEFAULTS, f) for f in LLAMA_CPP}
-    todo = list(SETTINGS.items()) if args.compare else [("CLI defaults", defaults)]
+    if args.compare:
+        todo = list(SETTINGS.items())
+    elif args.setting:
+        todo = [(name, SETTINGS[name]) for name in args.setting]
+    else:
+        todo = [("CLI defaults", defaults)]
     rows, t0 = [], time.perf_counter()
     for name, params in todo:
         try:
-            res = score(eng, judge, dictionary, params, seeds, args.n)
+            res = score(eng, judge, dictionary, params, seeds, args.n, PROMPTS[:args.prompts])
         except JudgeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

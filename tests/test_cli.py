@@ -122,7 +122,7 @@ def test_sampling_defaults_are_the_same_in_cli_engine_and_docs():
     # README's table of flags states the same defaults
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for flag, field, *_ in SAMPLING_FLAGS:
-        m = re.search(rf"`{flag} [A-Z]+` \| ([-0-9.]+) \|", readme)
+        m = re.search(rf"`{flag} [A-Z]+` \(`{field}`\) \| ([-0-9.]+) \|", readme)
         assert m, f"README has no row for {flag}"
         assert float(m.group(1)) == float(fields[field]), flag
 

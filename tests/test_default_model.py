@@ -32,12 +32,12 @@ def eng():
 
 
 def test_greedy_golden_text(eng, isa):
-    assert eng.generate(PROMPT, max_new_tokens=64, temperature=0) == GOLDEN_GREEDY
+    assert eng.generate(PROMPT, max_new_tokens=64, **dict(OLD_DEFAULTS, temperature=0)) == GOLDEN_GREEDY
 
 
 def test_greedy_golden_ids(eng):
     ids = eng.tokenizer.encode(PROMPT)
-    assert eng.generate(ids, max_new_tokens=16, temperature=0) == GOLDEN_GREEDY_IDS
+    assert eng.generate(ids, max_new_tokens=16, **dict(OLD_DEFAULTS, temperature=0)) == GOLDEN_GREEDY_IDS
 
 
 def test_seeded_sampling_golden_text(eng):

@@ -142,8 +142,7 @@ def test_defaults_break_a_loop():
         logits[ids[-1]] = 3.0   # the loop: the last token is the most likely next one
         ids.append(s.next(logits, ids))
     runs = max(len(r) for r in "".join("x" if a == b else " " for a, b in zip(ids, ids[1:])).split(" "))
-    if DEFAULTS.penalized:
-        assert runs < 10, ids
+    assert DEFAULTS.penalized and runs < 10, ids
     assert all(0 <= i < vocab for i in ids)
 
 

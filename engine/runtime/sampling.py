@@ -20,13 +20,13 @@ import numpy as np
 class SamplingParams:
     """The defaults are the CLI's and Engine.generate()'s (one place: DEFAULTS below); they were
     chosen with benchmarks/judge_default_model.py (benchmarks/RESULTS.md, "Sampling defaults")."""
-    temperature: float = 0.8         # <= 0: greedy
-    top_k: int = 40                  # <= 0 or >= vocab: off
-    top_p: float = 0.95              # >= 1: off
-    min_p: float = 0.05              # <= 0: off; keep p >= min_p * p_max
-    repetition_penalty: float = 1.0  # 1: off; > 1 discourages the last repeat_last_n tokens
-    repeat_last_n: int = 64          # the penalty window, in tokens
-    frequency_penalty: float = 0.0   # logit -= frequency_penalty * count in the window
+    temperature: float = 0.5          # <= 0: greedy
+    top_k: int = 40                   # <= 0 or >= vocab: off
+    top_p: float = 0.95               # >= 1: off
+    min_p: float = 0.05               # <= 0: off; keep p >= min_p * p_max
+    repetition_penalty: float = 1.15  # 1: off; > 1 discourages the last repeat_last_n tokens
+    repeat_last_n: int = 64           # the penalty window, in tokens
+    frequency_penalty: float = 0.2    # logit -= frequency_penalty * count in the window
     presence_penalty: float = 0.0    # logit -= presence_penalty once if in the window
 
     def __post_init__(self):
