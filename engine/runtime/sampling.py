@@ -11,7 +11,7 @@ partition of the whole vocabulary); only plain temperature sampling draws over e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -116,7 +116,7 @@ def _penalize(work: np.ndarray, params: SamplingParams, recent_ids) -> None:
                         params.frequency_penalty, params.presence_penalty)
 
 
-_SORT_DIRECT = 512  # candidate windows up to this size are sorted whole (cheaper than partition)
+_SORT_DIRECT = 128  # candidate windows up to this size are sorted whole (cheaper than partition)
 
 
 def top_k_candidates(x: np.ndarray, k: int, mx: float) -> np.ndarray:
@@ -320,8 +320,6 @@ class Sampler:
         self.scratch = np.empty(vocab_size, np.float32)  # (vocab,)
         self._penalized = None                           # (vocab,) penalized logits, on first use
         self._window = _Window(params.repeat_last_n, vocab_size) if params.penalized else None
-        # the same sampling once the penalties are applied to the logits
-        self._plain = replace(params, repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0)
 
     def __call__(self, logits: np.ndarray, recent_ids=()) -> int:
         return sample(logits, self.params, self.rng, recent_ids, self.work, self.scratch)
@@ -341,4 +339,4 @@ class Sampler:
         np.copyto(x, logits)
         p = self.params
         _penalize_window(x, w, p.repetition_penalty, p.frequency_penalty, p.presence_penalty, counts)
-        return sample(x, self._plain, self.rng, (), self.work, self.scratch)
+        return self(x)  # no recent ids: the penalties are not applied twice
