@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,17 +24,23 @@ class _UserError(Exception):
     pass
 
 
-# The sampling flags: (flag, type, default, metavar, help); the defaults are Engine.generate's.
+# The sampling flags: (flag, SamplingParams field = Engine.generate keyword, type, metavar, help).
+# Their defaults are engine.runtime.sampling.DEFAULTS, the same as Engine.generate's.
 SAMPLING_FLAGS = (
-    ("--temp", float, 0.8, "T", "sampling temperature: higher is more random, 0 is greedy (always the most "
-                                "likely token) (default 0.8)"),
-    ("--top-k", int, 40, "K", "sample only among the K most likely tokens; 0 disables (default 40)"),
-    ("--top-p", float, 0.95, "P", "nucleus sampling: sample among the most likely tokens whose probabilities "
-                                  "sum to P; 1 disables (default 0.95)"),
-    ("--min-p", float, 0.05, "P", "drop tokens less likely than P times the most likely one; 0 disables "
-                                  "(default 0.05)"),
-    ("--repeat-penalty", float, 1.0, "R", "divide the (positive) logits of the last 64 tokens by R to discourage "
-                                          "repetition; 1 disables (default 1.0)"),
+    ("--temp", "temperature", float, "T", "sampling temperature: higher is more random, 0 is greedy "
+                                          "(always the most likely token)"),
+    ("--top-k", "top_k", int, "K", "sample only among the K most likely tokens; 0 disables"),
+    ("--top-p", "top_p", float, "P", "nucleus sampling: sample among the most likely tokens whose "
+                                     "probabilities sum to P; 1 disables"),
+    ("--min-p", "min_p", float, "P", "drop tokens less likely than P times the most likely one; 0 disables"),
+    ("--repeat-penalty", "repetition_penalty", float, "R",
+     "divide the positive (multiply the negative) logits of the tokens in the last --repeat-last-n "
+     "by R; 1 disables"),
+    ("--frequency-penalty", "frequency_penalty", float, "F",
+     "subtract F times its count in the last --repeat-last-n tokens from a token's logit; 0 disables"),
+    ("--presence-penalty", "presence_penalty", float, "F",
+     "subtract F from the logit of every token in the last --repeat-last-n tokens; 0 disables"),
+    ("--repeat-last-n", "repeat_last_n", int, "N", "the penalties' window, in tokens"),
 )
 
 
@@ -50,8 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--n-predict", type=int, default=128, metavar="N",
                    help="maximum number of new tokens (default 128); generation also ends at "
                         "end-of-sequence / end-of-turn tokens and --stop strings")
-    for flag, kind, default, metavar, text in SAMPLING_FLAGS:
-        p.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
+    from engine.runtime.sampling import DEFAULTS
+
+    for flag, field, kind, metavar, text in SAMPLING_FLAGS:
+        default = getattr(DEFAULTS, field)
+        p.add_argument(flag, dest=field, type=kind, default=default, metavar=metavar,
+                       help=f"{text} (default {default})")
     p.add_argument("--seed", type=int, default=-1, metavar="S",
                    help="random seed; the same seed, prompt and settings give the same text "
                         "(default -1: a different seed every run)")
@@ -80,15 +91,24 @@ def _summary(eng) -> str:
             f"generation {s.generated_tokens} tok, {s.generate_tps:.1f} tok/s")
 
 
+_FLUSH_S = 0.03  # flush the stream at most this often: a write syscall per token costs more
+                # than the rest of the CLI's per-token work, and 30 ms is below what a reader sees
+
+
 def _print_stream(pieces) -> str:
-    """Write text pieces as they come; returns the whole text."""
+    """Write text pieces as they come (flushed every _FLUSH_S); returns the whole text."""
     out = []
+    write, flush, clock = sys.stdout.write, sys.stdout.flush, time.perf_counter
+    last = clock()
     for piece in pieces:
         out.append(piece)
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+        write(piece)
+        now = clock()
+        if now - last >= _FLUSH_S:
+            flush()
+            last = now
+    write("\n")
+    flush()
     return "".join(out)
 
 
@@ -146,14 +166,14 @@ def run(argv=None) -> int:
     from engine.runtime.kernel_choice import KernelChoiceError
     from engine.runtime.kvcache import check_kv_dtype
 
+    sampling = {field: getattr(args, field) for _, field, *_ in SAMPLING_FLAGS}
     try:
-        SamplingParams(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty)
+        SamplingParams(**sampling)
         check_kv_dtype(args.kv_dtype)
     except ValueError as e:
         raise _UserError(str(e)) from None
-    gen_kw = dict(max_new_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k,
-                  top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repeat_penalty,
-                  seed=None if args.seed < 0 else args.seed, stop=args.stop)
+    gen_kw = dict(max_new_tokens=args.n_predict, seed=None if args.seed < 0 else args.seed,
+                  stop=args.stop, **sampling)
     try:
         eng = Engine(model_path, threads=args.threads, ctx=args.ctx, kv_dtype=args.kv_dtype)
     except KernelChoiceError as e:

@@ -80,7 +80,8 @@ def test_help_explains_each_flag(capsys):
         run_main(["--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0
-    for flag in ("-n", "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty", "--seed",
+    for flag in ("-n", "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty", "--frequency-penalty",
+                 "--presence-penalty", "--repeat-last-n", "--seed",
                  "--threads", "--ctx", "--chat", "--stop"):
         assert flag in out
 
@@ -101,3 +102,40 @@ def test_chat_loop(model):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("> ") >= 2
     assert r.stderr.count("generation") == 2
+
+
+def test_sampling_defaults_are_the_same_in_cli_engine_and_docs():
+    import inspect
+    import re
+    from pathlib import Path
+
+    from engine.cli import SAMPLING_FLAGS, _parser
+    from engine.runtime.sampling import DEFAULTS, SamplingParams
+
+    parsed = vars(_parser().parse_args(["prompt"]))
+    fields = {f: getattr(DEFAULTS, f) for _, f, *_ in SAMPLING_FLAGS}
+    assert set(fields) == set(SamplingParams.__dataclass_fields__)  # every field has a flag
+    for fn in (engine.Engine.generate, engine.Engine.stream):
+        sig = inspect.signature(fn).parameters
+        assert {f: sig[f].default for f in fields} == fields, fn.__name__
+    assert {f: parsed[f] for f in fields} == fields
+    # README's table of flags states the same defaults
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for flag, field, *_ in SAMPLING_FLAGS:
+        m = re.search(rf"`{flag} [A-Z]+` \(`{field}`\) \| ([-0-9.]+) \|", readme)
+        assert m, f"README has no row for {flag}"
+        assert float(m.group(1)) == float(fields[field]), flag
+
+
+def test_penalty_flags_change_the_text(capsys, model):
+    base = ["Once upon a time", "-n", "24", "--seed", "5", "--temp", "0", "--repeat-penalty", "1",
+            "--frequency-penalty", "0", "--presence-penalty", "0"]
+    _, plain, _ = run(capsys, model, *base)
+    outs = {plain}
+    for flag, value in (("--repeat-penalty", "1.5"), ("--frequency-penalty", "1.5"), ("--presence-penalty", "1.5")):
+        code, out, err = run(capsys, model, *base, flag, value)
+        assert code == 0, err
+        outs.add(out)
+    assert len(outs) == 4  # greedy: only the penalties can move the choice
+    code, _, err = run(capsys, model, "hi", "--frequency-penalty", "3")
+    assert code == 2 and one_error_line(err) and "frequency_penalty" in err

@@ -13,9 +13,12 @@ from engine import Engine
 from engine.runtime.generate import DEFAULT_MODEL
 
 PROMPT = "It is a truth universally acknowledged"
-SAMPLING = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repetition_penalty=1.0)
+# The sampling settings the seeded golden values were made with (llama.cpp's defaults, the CLI's
+# before issue 19); passed explicitly so a change of defaults does not move them.
+SAMPLING = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, repetition_penalty=1.0,
+                frequency_penalty=0.0, presence_penalty=0.0)
 SAMPLING_FLAGS = ["--temp", "0.8", "--top-k", "40", "--top-p", "0.95", "--min-p", "0.05",
-                  "--repeat-penalty", "1.0"]
+                  "--repeat-penalty", "1.0", "--frequency-penalty", "0", "--presence-penalty", "0"]
 GOLDEN_GREEDY = (" to the Lord.\nVerse 1. The Lord is the God of the Lord.\n1. The Lord's people.\n"
                  "2. The Lord's people.\n2. The Lord's people.\n2. The Lord's people.\n3. The Lord's "
                  "people.\n")
@@ -32,12 +35,12 @@ def eng():
 
 
 def test_greedy_golden_text(eng, isa):
-    assert eng.generate(PROMPT, max_new_tokens=64, temperature=0) == GOLDEN_GREEDY
+    assert eng.generate(PROMPT, max_new_tokens=64, **dict(SAMPLING, temperature=0)) == GOLDEN_GREEDY
 
 
 def test_greedy_golden_ids(eng):
     ids = eng.tokenizer.encode(PROMPT)
-    assert eng.generate(ids, max_new_tokens=16, temperature=0) == GOLDEN_GREEDY_IDS
+    assert eng.generate(ids, max_new_tokens=16, **dict(SAMPLING, temperature=0)) == GOLDEN_GREEDY_IDS
 
 
 def test_seeded_sampling_golden_text(eng):

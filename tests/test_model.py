@@ -277,7 +277,8 @@ def eng(tiny):
 def test_engine_forward_and_ids(eng):
     logits = eng.forward(PROMPT)
     assert logits.shape == (len(PROMPT), 301) and logits.dtype == np.float32
-    out = eng.generate(PROMPT, max_new_tokens=8, temperature=0, ignore_eos=True)
+    out = eng.generate(PROMPT, max_new_tokens=8, temperature=0, ignore_eos=True,
+                       repetition_penalty=1.0, frequency_penalty=0.0)  # plain argmax
     assert isinstance(out, list) and len(out) == 8
     # greedy ids == argmax of a full forward over prompt + generated, position by position
     full = eng.forward(PROMPT + out)

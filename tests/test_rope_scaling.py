@@ -166,7 +166,7 @@ def test_batch_and_prefix_reuse_follow_the_sequence_length(built, name):
     prompts = [prompt_of(48), prompt_of(12, seed=4), prompt_of(30, seed=5), prompt_of(44, seed=6)]
     want = [engine_greedy(out, p, GREEDY) for p in prompts]
     model = Model(tpk.read(out), ctx=128, kv_dtype="f32")
-    greedy = SamplingParams(temperature=0.0)
+    greedy = SamplingParams(temperature=0.0, repetition_penalty=1.0, frequency_penalty=0.0)  # as transformers
     batch = B.Batch(model, max_batch=3, prefill_chunk=5)
     seqs = []
     for p in prompts:  # join while others decode: their prompts run in chunks of 5

@@ -3,12 +3,14 @@ import os
 import numpy as np
 import pytest
 
-from engine.runtime.sampling import (Sampler, SamplingParams, apply_repetition_penalty, candidates,
-                             nucleus_size, sample)
+from engine.runtime.sampling import (DEFAULTS, Sampler, SamplingParams, apply_frequency_presence_penalty,
+                                     apply_penalties, apply_repetition_penalty, candidates, nucleus_size,
+                                     sample)
 
 
 def params(**kw):
-    base = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
+    base = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+                frequency_penalty=0.0, presence_penalty=0.0)
     base.update(kw)
     return SamplingParams(**base)
 
@@ -83,8 +85,70 @@ def test_repetition_penalty_like_transformers():
                   np.random.default_rng(0), recent_ids=[0]) == 1
 
 
+def test_frequency_penalty_exact():
+    logits = np.array([2.0, -2.0, 1.0, -1.0, 0.5], np.float32)
+    out = logits.copy()
+    apply_frequency_presence_penalty(out, [0, 1, 1, 3, 3, 3], 0.5, 0.0)  # counts 1, 2, 0, 3, 0
+    assert np.array_equal(out, np.array([1.5, -3.0, 1.0, -2.5, 0.5], np.float32))
+
+
+def test_presence_penalty_exact():
+    logits = np.array([2.0, -2.0, 1.0, -1.0, 0.5], np.float32)
+    out = logits.copy()
+    apply_frequency_presence_penalty(out, [0, 1, 1, 3, 3, 3], 0.0, 0.25)  # once per distinct id
+    assert np.array_equal(out, np.array([1.75, -2.25, 1.0, -1.25, 0.5], np.float32))
+
+
+def test_all_penalties_in_llama_cpp_order():
+    # repetition first (negative *, positive /), then - count * frequency - presence
+    logits = np.array([3.0, -1.0, 0.0, 4.0], np.float32)
+    out = logits.copy()
+    apply_penalties(out, np.array([0, 0, 1, 9, -1]), repetition=1.5, frequency=0.5, presence=1.0)
+    assert np.allclose(out, [3.0 / 1.5 - 2 * 0.5 - 1.0, -1.0 * 1.5 - 0.5 - 1.0, 0.0, 4.0]), out
+    same = logits.copy()
+    apply_penalties(same, [], repetition=1.5, frequency=0.5, presence=1.0)
+    assert np.array_equal(same, logits)
+
+
+def test_penalties_use_only_the_window():
+    logits = np.zeros(6, np.float32)
+    p = params(temperature=0, frequency_penalty=1.0, repeat_last_n=2)
+    # token 0 is the argmax only once it has left the 2-token window
+    assert Sampler(p, 6).next(logits.copy(), [1, 2, 3, 4, 0, 5]) == 1
+    assert Sampler(p, 6).next(logits.copy(), [0, 1, 2]) == 0
+    off = params(temperature=0, frequency_penalty=1.0, repeat_last_n=0)
+    assert not off.penalized and Sampler(off, 6).next(logits.copy(), [0, 0, 0]) == 0
+
+
+def test_penalties_change_the_candidates():
+    logits = np.log(np.array([0.5, 0.3, 0.2], np.float32))
+    assert kept(logits, params(top_k=1), recent=[0]) == {0}
+    assert kept(logits, params(top_k=1, presence_penalty=1.0), recent=[0]) == {1}
+    ids, w = candidates(logits, params(frequency_penalty=0.5), [0, 0])
+    got = np.zeros(3)
+    got[ids if ids is not None else np.arange(3)] = w
+    want = np.exp(logits - np.array([1.0, 0, 0]))
+    assert np.allclose(got / got.sum(), want / want.sum())
+
+
+def test_defaults_break_a_loop():
+    """A model that always prefers to repeat its last token: with the default penalties the
+    same token does not come back within the window more often than the logit gap allows."""
+    vocab = 50
+    s = Sampler(DEFAULTS, vocab, seed=0)
+    ids = [1]
+    for _ in range(64):
+        logits = np.zeros(vocab, np.float32)
+        logits[ids[-1]] = 3.0   # the loop: the last token is the most likely next one
+        ids.append(s.next(logits, ids))
+    runs = max(len(r) for r in "".join("x" if a == b else " " for a, b in zip(ids, ids[1:])).split(" "))
+    assert DEFAULTS.penalized and runs < 10, ids
+    assert all(0 <= i < vocab for i in ids)
+
+
 def test_bad_params():
-    for kw in (dict(top_p=0.0), dict(top_p=1.5), dict(min_p=-0.1), dict(repetition_penalty=0.0)):
+    for kw in (dict(top_p=0.0), dict(top_p=1.5), dict(min_p=-0.1), dict(repetition_penalty=0.0),
+               dict(frequency_penalty=2.5), dict(presence_penalty=-3.0), dict(repeat_last_n=-1)):
         with pytest.raises(ValueError):
             params(**kw)
 

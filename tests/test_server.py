@@ -30,7 +30,10 @@ CTX = 2048
 MAX_BATCH, QUEUE = 4, 16          # 20 requests fill slots + queue exactly
 PROMPTS = ["Once upon a time", "The cat liked to sleep in the sun and to watch the birds in the garden. One",
            "x", "Numbers like 12345 and 2024", "They played together every day", "The quick brown fox"]
-SAMPLING = dict(temperature=0.9, top_k=40, top_p=0.9, min_p=0.05)
+# The server's defaults are OpenAI's (no penalties), the engine's are its own: pass them all.
+NO_PENALTY = dict(repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0)
+SAMPLING = dict(temperature=0.9, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.0,
+                frequency_penalty=0.0, presence_penalty=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +169,7 @@ def test_models_and_health(server, client):
 
 def test_completions_greedy_match_engine(client, eng):
     prompt = PROMPTS[0]
-    want = eng.generate(prompt, max_new_tokens=24, temperature=0)
+    want = eng.generate(prompt, max_new_tokens=24, temperature=0, **NO_PENALTY)
     r = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=24, temperature=0)
     assert r.choices[0].text == want
     assert r.choices[0].finish_reason in ("stop", "length") and r.object == "text_completion"
@@ -179,7 +182,7 @@ def test_completions_greedy_match_engine(client, eng):
 def test_token_ids_in_and_out(client, eng):
     """A prompt of token ids, and the extension return_token_ids: ids equal Engine.generate's."""
     ids = eng.tokenizer.encode(PROMPTS[3])
-    want = eng.generate(ids, max_new_tokens=12, temperature=0)
+    want = eng.generate(ids, max_new_tokens=12, temperature=0, **NO_PENALTY)
     r = client.completions.create(model=MODEL_ID, prompt=ids, max_tokens=12, temperature=0,
                                   extra_body={"return_token_ids": True})
     assert r.choices[0].token_ids == want
@@ -200,17 +203,27 @@ def test_seeded_sampling_matches_engine(client, eng):
         assert text == want
 
 
+def test_frequency_and_presence_penalties_match_engine(client, eng):
+    prompt, pen = PROMPTS[0], dict(frequency_penalty=1.2, presence_penalty=0.8)
+    want = eng.generate(prompt, max_new_tokens=24, seed=3, **dict(SAMPLING, **pen))
+    assert want != eng.generate(prompt, max_new_tokens=24, seed=3, **SAMPLING)
+    r = client.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=24, seed=3,
+                                  temperature=SAMPLING["temperature"], top_p=SAMPLING["top_p"],
+                                  extra_body={"top_k": SAMPLING["top_k"], "min_p": SAMPLING["min_p"]}, **pen)
+    assert r.choices[0].text == want
+
+
 def test_stop_string(client, eng):
-    full = eng.generate(PROMPTS[0], max_new_tokens=24, temperature=0)
+    full = eng.generate(PROMPTS[0], max_new_tokens=24, temperature=0, **NO_PENALTY)
     stop = full[len(full) // 2:len(full) // 2 + 2]
-    want = eng.generate(PROMPTS[0], max_new_tokens=24, temperature=0, stop=[stop])
+    want = eng.generate(PROMPTS[0], max_new_tokens=24, temperature=0, **NO_PENALTY, stop=[stop])
     r = client.completions.create(model=MODEL_ID, prompt=PROMPTS[0], max_tokens=24, temperature=0, stop=stop)
     assert r.choices[0].text == want and r.choices[0].finish_reason == "stop"
 
 
 def test_chat_matches_engine(client, eng):
     messages = [{"role": "system", "content": "You are a cat."}, {"role": "user", "content": "Hello there"}]
-    want = eng.chat(messages, max_new_tokens=20, temperature=0)
+    want = eng.chat(messages, max_new_tokens=20, temperature=0, **NO_PENALTY)
     r = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=20, temperature=0)
     assert r.choices[0].message.content == want and r.choices[0].message.role == "assistant"
     assert r.usage.prompt_tokens == len(eng.chat_ids(messages))
@@ -224,7 +237,7 @@ def test_chat_matches_engine(client, eng):
 
 def test_concurrent_requests_match_alone(client, eng):
     """More requests than slots, all at once: each text equals its Engine.generate alone."""
-    wants = [eng.generate(p, max_new_tokens=16 + 3 * i, temperature=0) for i, p in enumerate(PROMPTS)]
+    wants = [eng.generate(p, max_new_tokens=16 + 3 * i, temperature=0, **NO_PENALTY) for i, p in enumerate(PROMPTS)]
 
     def one(i):
         if i % 2:
@@ -258,6 +271,8 @@ BAD = {
     "image-part": ("chat/completions", {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]}),
     "nan": ("completions", b'{"prompt": "x", "temperature": NaN}'),
+    "frequency-penalty-range": ("completions", {"prompt": "x", "frequency_penalty": 2.5}),
+    "presence-penalty-type": ("completions", {"prompt": "x", "presence_penalty": "high"}),
     "deep-json": ("completions", b"[" * 100000 + b"]" * 100000),
     "not-json": ("completions", b"{not json"),
     "not-object": ("completions", [1, 2]),
@@ -294,7 +309,7 @@ def test_disconnects_free_slots_and_queue_overflow_is_429(server, client, eng):
     # Prompts whose first tokens make text at once (random weights can emit byte tokens that
     # are no UTF-8, which the stream holds back).
     prompts = [p for p in (f"Once upon a time {i}" for i in range(200))
-               if len(list(eng.stream(p, max_new_tokens=6, temperature=0, ignore_eos=True))) >= 4][:n]
+               if len(list(eng.stream(p, max_new_tokens=6, temperature=0, **NO_PENALTY, ignore_eos=True))) >= 4][:n]
     assert len(prompts) == n
     opened = threading.Barrier(n + 1, timeout=30)
     release = threading.Event()

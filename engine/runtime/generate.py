@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.runtime.kvcache import DEFAULT_KV_DTYPE, check_kv_dtype
+from engine.runtime.sampling import DEFAULTS as _D
 from engine.runtime.sampling import Sampler, SamplingParams
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "default.tpk"
@@ -168,18 +169,24 @@ class Engine:
             ids.append(token)
         stats.generate_s = time.perf_counter() - t0
 
-    def _sampler(self, temperature, top_k, top_p, min_p, repetition_penalty, seed) -> Sampler:
+    def _sampler(self, temperature, top_k, top_p, min_p, repetition_penalty, seed, frequency_penalty,
+                 presence_penalty, repeat_last_n) -> Sampler:
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repetition_penalty=repetition_penalty)
+                                repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
+                                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
         return Sampler(params, self.model.args.vocab_size, seed)
 
-    def stream(self, prompt, max_new_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
-               top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0,
-               seed: int | None = None, stop=(), ignore_eos: bool = False, add_bos: bool | None = None):
+    def stream(self, prompt, max_new_tokens: int = 128, temperature: float = _D.temperature,
+               top_k: int = _D.top_k, top_p: float = _D.top_p, min_p: float = _D.min_p,
+               repetition_penalty: float = _D.repetition_penalty, seed: int | None = None, stop=(),
+               ignore_eos: bool = False, add_bos: bool | None = None,
+               frequency_penalty: float = _D.frequency_penalty, presence_penalty: float = _D.presence_penalty,
+               repeat_last_n: int = _D.repeat_last_n):
         """Yield the continuation of prompt (text, or a list of ids) as text pieces: whole UTF-8
         characters only; ends at eos/eot, at a stop string (not yielded) or max_new_tokens."""
         ids = self._prompt_ids(prompt, add_bos)
-        sampler = self._sampler(temperature, top_k, top_p, min_p, repetition_penalty, seed)
+        sampler = self._sampler(temperature, top_k, top_p, min_p, repetition_penalty, seed,
+                                frequency_penalty, presence_penalty, repeat_last_n)
         stop_ids = frozenset() if ignore_eos else self.tokenizer.stop_ids
         text_stream = TextStream(self.tokenizer.stream_decoder(context_ids=ids), stop)
         gen = self.generate_ids(ids, max_new_tokens, sampler, stop_ids)
@@ -196,16 +203,22 @@ class Engine:
         finally:
             gen.close()
 
-    def generate(self, prompt, max_new_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
-                 top_p: float = 0.95, min_p: float = 0.05, repetition_penalty: float = 1.0,
-                 seed: int | None = None, stop=(), ignore_eos: bool = False, add_bos: bool | None = None):
+    def generate(self, prompt, max_new_tokens: int = 128, temperature: float = _D.temperature,
+                 top_k: int = _D.top_k, top_p: float = _D.top_p, min_p: float = _D.min_p,
+                 repetition_penalty: float = _D.repetition_penalty, seed: int | None = None, stop=(),
+                 ignore_eos: bool = False, add_bos: bool | None = None,
+                 frequency_penalty: float = _D.frequency_penalty, presence_penalty: float = _D.presence_penalty,
+                 repeat_last_n: int = _D.repeat_last_n):
         """Text in -> the continuation as text (stop strings apply). A list of ids in -> the new
         ids as a list (prompt excluded, eos/eot excluded; stop strings do not apply).
-        temperature 0 is greedy; with a seed the output is reproducible."""
+        temperature 0 is greedy; with a seed the output is reproducible. The sampling defaults
+        are engine.runtime.sampling.DEFAULTS (the CLI's too)."""
+        pen = dict(frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                   repeat_last_n=repeat_last_n)
         if isinstance(prompt, str):
             return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, min_p,
-                                       repetition_penalty, seed, stop, ignore_eos, add_bos))
-        sampler = self._sampler(temperature, top_k, top_p, min_p, repetition_penalty, seed)
+                                       repetition_penalty, seed, stop, ignore_eos, add_bos, **pen))
+        sampler = self._sampler(temperature, top_k, top_p, min_p, repetition_penalty, seed, **pen)
         stop_ids = frozenset() if ignore_eos else self.tokenizer.stop_ids
         return list(self.generate_ids(list(prompt), max_new_tokens, sampler, stop_ids))
 

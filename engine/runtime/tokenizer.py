@@ -284,6 +284,9 @@ class StreamDecoder:
         self.ids = [int(i) for i in list(context_ids)[-_STREAM_CONTEXT:]]
         self.prefix = 0              # window start: context for the decoder's rules
         self.read = len(self.ids)    # everything before this has been emitted
+        # decode([id]) of single ids, shared by the tokenizer's decoders: in steady state the
+        # window before the new token is one token, so one decode per token instead of two
+        self.single = tokenizer.__dict__.setdefault("_stream_single_decode", {})
 
     def push(self, token_id: int) -> str:
         self.ids.append(int(token_id))
@@ -296,7 +299,13 @@ class StreamDecoder:
     def _emit(self, final: bool) -> str:
         if self.read == len(self.ids):
             return ""
-        prefix_text = self.tok.decode(self.ids[self.prefix:self.read])
+        if self.read - self.prefix == 1:
+            t = self.ids[self.prefix]
+            prefix_text = self.single.get(t)
+            if prefix_text is None:
+                prefix_text = self.single[t] = self.tok.decode([t])
+        else:
+            prefix_text = self.tok.decode(self.ids[self.prefix:self.read])
         new_text = self.tok.decode(self.ids[self.prefix:])
         if len(new_text) <= len(prefix_text) and not final:
             return ""

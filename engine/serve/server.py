@@ -211,8 +211,7 @@ class Server:
             raise ApiError(400, "Only n=1 is supported.", "n", "unsupported_value")
         if _int(body, "best_of", 1) != 1:
             raise ApiError(400, "Only best_of=1 is supported.", "best_of", "unsupported_value")
-        for name in ("logprobs", "top_logprobs", "echo", "suffix", "logit_bias", "tools", "functions",
-                     "presence_penalty", "frequency_penalty"):
+        for name in ("logprobs", "top_logprobs", "echo", "suffix", "logit_bias", "tools", "functions"):
             _unsupported(body, name)
         rf = body.get("response_format")
         if rf is not None and rf != {"type": "text"}:
@@ -230,6 +229,8 @@ class Server:
         top_k = _int(body, "top_k", 0, lo=-1)
         min_p = _num(body, "min_p", 0.0, 0.0, 1.0)
         rep = _num(body, "repetition_penalty", 1.0, 0.0, lo_open=True)
+        freq = _num(body, "frequency_penalty", 0.0, -2.0, 2.0)
+        pres = _num(body, "presence_penalty", 0.0, -2.0, 2.0)
         seed = _int(body, "seed")
         stop = _stop(body)
         ignore_eos = _bool(body, "ignore_eos")
@@ -248,7 +249,7 @@ class Server:
                                 f"Please reduce the length of the {'messages' if chat else 'prompt'} or "
                                 f"max_tokens.", "messages" if chat else "prompt", "context_length_exceeded")
         params = SamplingParams(temperature=temperature, top_k=max(top_k, 0), top_p=top_p, min_p=min_p,
-                                repetition_penalty=rep)
+                                repetition_penalty=rep, frequency_penalty=freq, presence_penalty=pres)
         return GenRequest(prompt_ids, max_tokens, params, None if seed is None else seed % 2**64, stop,
                           ignore_eos, return_token_ids, stream, include_usage)
 
