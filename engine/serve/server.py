@@ -721,11 +721,16 @@ def _add_safety_args(p) -> None:
                         "(default 30)")
 
 
-def _limits(args, parser) -> Limits:
-    for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "max_concurrency"):
+def _require_positive(args, parser, names) -> None:
+    """parser.error for any of the flags `names` given below 1."""
+    for name in names:
         v = getattr(args, name)
         if v is not None and v < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def _limits(args, parser) -> Limits:
+    _require_positive(args, parser, ("max_body_bytes", "max_prompt_tokens", "max_tokens", "max_concurrency"))
     if args.shutdown_timeout < 0:
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     if not args.body_timeout > 0:
@@ -745,10 +750,7 @@ def _exit_cleanly(signum, frame):
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    for name in ("threads", "max_batch", "ctx", "prefill_chunk"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    _require_positive(args, parser, ("threads", "max_batch", "ctx", "prefill_chunk"))
     if args.queue < 0:
         parser.error(f"--queue must be >= 0, got {args.queue}")
     limits = _limits(args, parser)
