@@ -9,7 +9,10 @@ ternary-convert turns it into a .tpk (every Q4_1 / Q8_0 tensor dequantized: the 
 graph). The text: the first --bytes of a held-out English text (default: the training corpus's
 val split), cut at a line end. Both tools then score it with the same convention,
 llama-perplexity's: chunks of --ctx tokens, the second half of each scored
-(`ternary-ppl --score half`), and the two perplexities and their relative difference are printed.
+(`ternary-ppl --score half`), and the perplexities and their relative differences are printed.
+llama-perplexity runs twice: on the GGUF itself (llama.cpp's Q4_1 x Q8_1 integer dot products:
+activations quantized to 8 bits) and on llama-quantize's F32 rewrite of it (llama.cpp's own
+dequantization: the same weights as the .tpk, float arithmetic), which isolates the engine.
 
 Validated before the numbers count: the engine's token ids equal llama-tokenize's on the text,
 and both tools scored the same number of chunks and tokens. Times are wall-clock of each tool's
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from llama_cpp_tools import llama_cpp_tool, smollm2_gguf  # noqa: E402
+from llama_cpp_tools import llama_cpp_tool, requantized_gguf, smollm2_gguf  # noqa: E402
 
 DEFAULT_TEXT = Path.home() / ".cache" / "ternary-engine" / "corpus" / "val.txt"  # ternary_train.corpus
 
@@ -107,16 +110,21 @@ def main() -> None:
     if ours != theirs:
         first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
         raise SystemExit(f"token ids differ from llama-tokenize at {first} ({len(ours)} vs {len(theirs)} ids)")
+    f32 = requantized_gguf(gguf, "F32")
     l_ppl, chunks, l_dt = llama_ppl(gguf, text, args.ctx, args.threads, args.kv_dtype)
     t_ppl, n_scored, t_dt = ternary_ppl(tpk, text, args.ctx, args.threads, args.kv_dtype)
+    f_ppl, f_chunks, f_dt = llama_ppl(f32, text, args.ctx, args.threads, args.kv_dtype)
+    assert f_chunks == chunks
     if n_scored != chunks * (args.ctx - 1 - args.ctx // 2):
         raise SystemExit(f"scored {n_scored} tokens, llama-perplexity {chunks} chunks of {args.ctx}")
     assert math.isfinite(l_ppl) and math.isfinite(t_ppl)
     print(f"{Path(gguf).name}: {len(ours)} tokens of {Path(args.text).name} (ids equal llama-tokenize's), "
           f"ctx {args.ctx}, {chunks} chunks, {n_scored} tokens scored, KV {args.kv_dtype}, {args.threads} threads")
-    print(f"  llama-perplexity  ppl {l_ppl:9.4f}   {l_dt:6.1f} s")
-    print(f"  ternary-ppl       ppl {t_ppl:9.4f}   {t_dt:6.1f} s")
-    print(f"  relative difference {100 * (t_ppl / l_ppl - 1):+.3f} %")
+    print(f"  llama-perplexity, {Path(gguf).name:35s} ppl {l_ppl:9.4f}   {l_dt:6.1f} s")
+    print(f"  llama-perplexity, {Path(f32).name:35s} ppl {f_ppl:9.4f}   {f_dt:6.1f} s")
+    print(f"  ternary-ppl --score half, {tpk.name:27s} ppl {t_ppl:9.4f}   {t_dt:6.1f} s")
+    print(f"  ternary-ppl vs llama-perplexity: {100 * (t_ppl / l_ppl - 1):+.3f} % (on the GGUF), "
+          f"{100 * (t_ppl / f_ppl - 1):+.3f} % (on its F32 rewrite)")
 
 
 if __name__ == "__main__":
