@@ -78,14 +78,20 @@ def test_logits_close_to_f32(engines):
 
 
 @pytest.mark.parametrize("dtype", ["f16", "int8"])
-def test_decode_equals_prefill(engines, dtype):
-    """A token's logits are the same decoded one at a time as inside a prefill: both store the
-    same rows and read the same chunks."""
-    m = engines[dtype].model
-    ids = engines[dtype].tokenizer.encode(TEXT)[:40]
-    full = m.forward(ids)
-    steps = np.stack([m.forward([t], i)[0] for i, t in enumerate(ids)])
-    assert np.array_equal(full, steps)
+def test_decode_equals_prefill(dtype):
+    """Decoding one token at a time stores exactly the cache rows (and int8 scales) a prefill
+    stores, and gives the same logits up to the float head's summation order (the shipped model's
+    tied f32 embedding runs through BLAS, whose GEMM and GEMV add in different orders)."""
+    ids = Engine(kv_dtype=dtype).tokenizer.encode(TEXT)[:40]
+    prefill, decode = Engine(kv_dtype=dtype).model, Engine(kv_dtype=dtype).model
+    full = prefill.forward(ids)
+    steps = np.stack([decode.forward([t], i)[0] for i, t in enumerate(ids)])
+    for name, arr in vars(prefill.cache).items():
+        if isinstance(arr, np.ndarray):
+            rows = (slice(None),) * 2 + (slice(0, len(ids)),)
+            np.testing.assert_array_equal(arr[rows], getattr(decode.cache, name)[rows], err_msg=name)
+    np.testing.assert_allclose(steps, full, rtol=0, atol=1e-5 * np.abs(full).max())
+    assert (steps.argmax(1) == full.argmax(1)).all()
 
 
 def test_batch_uses_the_model_cache_dtype(engines):
