@@ -162,7 +162,9 @@ def test_with_the_key_everything_works(keyed, eng):
     client = openai.OpenAI(base_url=keyed.base + "/v1", api_key=KEY, max_retries=0, timeout=60)
     assert [m.id for m in client.models.list().data] == [MODEL_ID]
     r = client.completions.create(model=MODEL_ID, prompt="Once upon a time", max_tokens=12, temperature=0)
-    assert r.choices[0].text == eng.generate("Once upon a time", max_new_tokens=12, temperature=0)
+    # the server's sampling defaults are OpenAI's (no penalties), not the CLI's
+    assert r.choices[0].text == eng.generate("Once upon a time", max_new_tokens=12, temperature=0,
+                                             repetition_penalty=1.0, frequency_penalty=0.0)
     chunks = list(client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}],
                                                  max_tokens=5, temperature=0, stream=True))
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
