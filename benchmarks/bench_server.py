@@ -224,7 +224,8 @@ eng.generate(prompt, max_new_tokens=2, temperature=0)   # page the weights in
 print("ready", flush=True)
 sys.stdin.readline()
 t0 = time.perf_counter()
-out = eng.generate(prompt, max_new_tokens=n, temperature=0, ignore_eos=True)
+out = eng.generate(prompt, max_new_tokens=n, temperature=0, ignore_eos=True,
+                   repetition_penalty=1.0, frequency_penalty=0.0)   # as the server samples
 print(len(out), time.perf_counter() - t0, flush=True)
 """
 
