@@ -338,6 +338,13 @@ def test_errors(capsys, tmp_path, offline):
     json.dump(cfg, open(bad / "config.json", "w"))
     assert "unsupported model_type 'gpt_neox'" in _run_error(capsys, [str(bad), "-o", out])
 
+    huge = tmp_path / "huge_layers"   # a size field no file can back: refused before building per layer
+    shutil.copytree(ck.path, huge)
+    cfg = json.load(open(huge / "config.json"))
+    cfg["num_hidden_layers"] = 1_358_954_497
+    json.dump(cfg, open(huge / "config.json", "w"))
+    assert "num_hidden_layers 1358954497 does not fit" in _run_error(capsys, [str(huge), "-o", out])
+
     from safetensors.torch import load_file, save_file
 
     missing = tmp_path / "missing"

@@ -309,6 +309,9 @@ def test_config_problems(written):
     _edit_config(path, tokenizer={"type": "hf", "bos_id": 10**6})
     _expect(path, "bos_id")
     restore()
+    _edit_config(path, num_layers=1_358_954_497)   # found by a long fuzz run (as GGUF block_count)
+    _expect(path, "'num_layers' = 1358954497 is beyond")
+    restore()
 
     def drop_meta(header, _):
         del header["__metadata__"]

@@ -366,6 +366,9 @@ def hf_source(src):
 def _hf_source(src):
     ck = HFCheckpoint(src)
     config, sub_names, how = _hf_config(src, ck.cfg, ck)
+    if not 0 < config["num_layers"] <= len(ck.tensors):  # bounds what is built per layer
+        raise ConvertError(f"{src}/config.json: num_hidden_layers {config['num_layers']} does not fit "
+                           f"the checkpoint's {len(ck.tensors)} tensors")
     linears = _hf_linears(ck, config, how)
     vectors = _hf_vectors(src, ck, config, sub_names)
     extra = ck.unused()

@@ -35,6 +35,7 @@ _NAME_OF = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("u1"): "U8"
             np.dtype("i1"): "I8", np.dtype("<i2"): "I16"}
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+MAX_LAYERS = 4096  # far beyond any released model (hundreds); bounds the per-layer tensor table
 _ALIGN = 64                           # data start and every big tensor start on a cache line
 
 ATTN_PROJS = ("q", "k", "v", "o")
@@ -268,6 +269,8 @@ def check_config(config):
             raise TpkError(f"config {key!r} = {config[key]} must be positive")
         if kind is float and config[key] <= 0:
             raise TpkError(f"config {key!r} = {config[key]} must be positive")
+    if config["num_layers"] > MAX_LAYERS:  # before anything is built per layer
+        raise TpkError(f"config 'num_layers' = {config['num_layers']} is beyond this format's {MAX_LAYERS}")
     for key, allowed in _CHOICES.items():
         if config[key] not in allowed:
             raise TpkError(f"config {key!r} = {config[key]!r}, expected one of {', '.join(allowed)}")
