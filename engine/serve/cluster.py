@@ -192,6 +192,12 @@ def _serve(ray, serve, args, opts) -> int:
     local = args.ray_address is None
     if local:   # Ray runs workers at nice 15 by default: replicas would lose the CPU to anything else
         os.environ.setdefault("RAY_worker_niceness", "0")
+    # Ray puts the driver's working directory first on every worker's sys.path: started inside a
+    # source checkout, replicas would import its engine/ (no compiled kernels) instead of the
+    # installed one. So the driver runs from the installed package's parent directory.
+    if opts["model"]:
+        opts["model"] = os.path.abspath(opts["model"])
+    os.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     ray.init(address=args.ray_address, include_dashboard=False, logging_level=logging.WARNING,
              configure_logging=False)
     stop = threading.Event()
