@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,9 +20,9 @@ import openai
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from served import free_port, server_env  # noqa: E402
 from tiny_models import write_tiny  # noqa: E402
 
-import engine  # noqa: E402
 from engine.serve import cluster  # noqa: E402
 
 MODEL_ID = "tiny"
@@ -62,12 +61,6 @@ def reference(model_path):
     return texts, chat["choices"][0]["message"]["content"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ray_processes(marker: str) -> list[str]:
     """Command lines of live (not zombie) processes that mention marker (the cluster's temp dir)."""
     found = []
@@ -88,10 +81,9 @@ def _ray_processes(marker: str) -> list[str]:
 def cluster_server(model_path, tmp_path_factory):
     """`python -m engine.serve model --replicas 2 --threads 1`; its Ray cluster lives in a temp
     dir of its own (short: Ray's socket paths must fit 107 bytes) -> (base url, proc, temp dir)."""
-    port = _free_port()
+    port = free_port()
     ray_tmp = tempfile.mkdtemp(prefix="tray-")
-    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(engine.__file__)), os.environ.get("PYTHONPATH", "")]))
+    env = server_env({"RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"})
     log = open(tmp_path_factory.mktemp("cluster-log") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "engine.serve", model_path, "--replicas", "2", "--threads", "1",
                              "--max-batch", str(MAX_BATCH), "--queue", str(QUEUE), "--ctx", str(CTX),
@@ -242,7 +234,7 @@ def test_server_flags_the_replicas_would_not_apply_are_refused():
 def test_flags_help_and_no_ray_without_replicas():
     """--help lists the server's flags and the cluster's; --ray-address alone is an error;
     importing the entry point and the cluster module loads no ray."""
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(engine.__file__)))
+    env = server_env()
     h = subprocess.run([sys.executable, "-m", "engine.serve", "--help"], capture_output=True, text=True,
                        env=env, timeout=60)
     assert h.returncode == 0 and "--replicas N" in h.stdout and "--max-batch" in h.stdout

@@ -7,7 +7,6 @@ is held back."""
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import openai
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from served import Served, server_env  # noqa: E402
 from tiny_models import write_tiny  # noqa: E402
 
 import engine  # noqa: E402
@@ -46,44 +46,12 @@ def eng(model_path):
     return Engine(model_path, threads=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(engine.__file__)), os.environ.get("PYTHONPATH", "")]))
-    log = open(tmp_path_factory.mktemp("serve-log") / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "engine.serve", model_path, "--host", "127.0.0.1",
-                             "--port", str(port), "--threads", "1", "--max-batch", str(MAX_BATCH),
-                             "--queue", str(QUEUE), "--ctx", str(CTX), "--log-level", "warning"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read()}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not start within 60 s")
-        time.sleep(0.2)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    s = Served(tmp_path_factory.mktemp("serve-log"), model_path, "--host", "127.0.0.1", "--threads", "1",
+               "--max-batch", str(MAX_BATCH), "--queue", str(QUEUE), "--ctx", str(CTX), "--log-level", "warning")
+    yield s.base
+    s.close()
 
 
 @pytest.fixture(scope="module")
@@ -370,9 +338,8 @@ def test_non_streaming_client_that_leaves_frees_its_slot(server):
 
 @pytest.mark.parametrize("argv", [["/nonexistent/model.tpk"], ["--max-batch", "0"]])
 def test_cli_user_errors_are_one_line(argv):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(engine.__file__)))
     r = subprocess.run([sys.executable, "-m", "engine.serve", *argv], capture_output=True, text=True,
-                       env=env, timeout=60)
+                       env=server_env(), timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
 
 

@@ -2,18 +2,14 @@
 the page itself loads without the key (as llama.cpp's web UI), asks for the key on the
 first 401, says so when it is wrong, and with the right one lists the model and streams a
 reply; the key is kept in the browser across a reload."""
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
-import engine
+from served import Served
+
 from engine.runtime.generate import DEFAULT_MODEL
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome"))), None)
@@ -22,43 +18,13 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary fou
                                                           "(apt-get install chromium chromium-driver)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     assert DEFAULT_MODEL.exists(), "the embedded default model is not built"
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(engine.__file__)), os.environ.get("PYTHONPATH", "")]))
-    env.pop("TERNARY_API_KEY", None)
-    log = open(tmp_path_factory.mktemp("chat-key-log") / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "engine.serve", "--port", str(port), "--api-key", KEY,
-                             "--threads", "1", "--max-batch", "2", "--log-level", "warning"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read()}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server did not start within 60 s"
-        time.sleep(0.2)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    s = Served(tmp_path_factory.mktemp("chat-key-log"), "--api-key", KEY, "--threads", "1", "--max-batch", "2",
+               "--log-level", "warning", drop_env=("TERNARY_API_KEY",))
+    yield s.base
+    s.close()
 
 
 @pytest.fixture

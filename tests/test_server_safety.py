@@ -19,9 +19,9 @@ import openai
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from served import Served, server_env  # noqa: E402
 from tiny_models import write_tiny  # noqa: E402
 
-import engine  # noqa: E402
 from engine import Engine  # noqa: E402
 from engine.serve.server import MAX_BODY_BYTES, _parser  # noqa: E402
 
@@ -40,56 +40,12 @@ def eng(model_path):
     return Engine(model_path, threads=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """One `python -m engine.serve` subprocess, up and warmed."""
-
-    def __init__(self, model_path, log_dir: Path, *args, env=None, host_flag=True):
-        self.port = _free_port()
-        env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join(
-            [os.path.dirname(os.path.dirname(engine.__file__)), os.environ.get("PYTHONPATH", "")]))
-        self.log = open(log_dir / "server.log", "w+")
-        host = ["--host", "127.0.0.1"] if host_flag else []
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine.serve", model_path, *host, "--port",
-                                      str(self.port), "--threads", "1", "--ctx", str(CTX),
-                                      "--log-level", "warning", *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.base + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.close()
-                pytest.fail("server did not start within 60 s")
-            time.sleep(0.2)
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def health(self) -> dict:
-        return httpx.get(self.base + "/health", timeout=10).json()
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+def _served(model_path, log_dir, *args, env=None, host_flag=True) -> Served:
+    """The tiny model served with 1 thread and a context of CTX (on 127.0.0.1 unless host_flag
+    is False: the default bind is under test then)."""
+    host = ["--host", "127.0.0.1"] if host_flag else []
+    return Served(log_dir, model_path, *host, "--threads", "1", "--ctx", str(CTX), "--log-level", "warning",
+                  *args, env=env)
 
 
 def _error(r: httpx.Response, status: int, code: str) -> dict:
@@ -119,7 +75,7 @@ def _listening_addresses(port: int) -> set[str]:
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc/net/tcp")
 def test_binds_loopback_unless_host_given(model_path, tmp_path):
     assert _parser().parse_args([]).host == "127.0.0.1"
-    s = Served(model_path, tmp_path, host_flag=False)
+    s = _served(model_path, tmp_path, host_flag=False)
     try:
         # 127.0.0.1 in /proc/net/tcp's little-endian hex; never 00000000 (every interface).
         assert _listening_addresses(s.port) == {"0100007F"}
@@ -131,7 +87,7 @@ def test_binds_loopback_unless_host_given(model_path, tmp_path):
 @pytest.fixture(scope="module")
 def keyed(model_path, tmp_path_factory):
     """A server whose key comes from the environment variable."""
-    s = Served(model_path, tmp_path_factory.mktemp("keyed"), env={"TERNARY_API_KEY": KEY})
+    s = _served(model_path, tmp_path_factory.mktemp("keyed"), env={"TERNARY_API_KEY": KEY})
     yield s
     s.close()
 
@@ -206,7 +162,7 @@ MAX_BODY, MAX_PROMPT, MAX_TOKENS, MAX_IN_FLIGHT = 4096, 40, 20, 2
 
 @pytest.fixture(scope="module")
 def limited(model_path, tmp_path_factory):
-    s = Served(model_path, tmp_path_factory.mktemp("limited"), "--max-body-bytes", str(MAX_BODY),
+    s = _served(model_path, tmp_path_factory.mktemp("limited"), "--max-body-bytes", str(MAX_BODY),
                "--max-prompt-tokens", str(MAX_PROMPT), "--max-tokens", str(MAX_TOKENS),
                "--max-concurrency", str(MAX_IN_FLIGHT), "--max-batch", "1", "--queue", "8")
     yield s
@@ -299,7 +255,7 @@ def test_concurrency_limit_429(limited):
 def test_body_that_trickles_in_is_408(model_path, tmp_path):
     """A client that sends part of its body and stalls gets 408 after --body-timeout, and its
     place under --max-concurrency is free again."""
-    s = Served(model_path, tmp_path, "--body-timeout", "1", "--max-concurrency", "1")
+    s = _served(model_path, tmp_path, "--body-timeout", "1", "--max-concurrency", "1")
     try:
         sock, _ = _open_partial_request(s.port)
         with sock:
@@ -322,9 +278,8 @@ def test_body_that_trickles_in_is_408(model_path, tmp_path):
 
 @pytest.mark.parametrize("flag", ["--max-body-bytes", "--max-prompt-tokens", "--max-tokens", "--max-concurrency"])
 def test_limit_flags_must_be_positive(flag):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(engine.__file__)))
     r = subprocess.run([sys.executable, "-m", "engine.serve", flag, "0"], capture_output=True, text=True,
-                       env=env, timeout=60)
+                       env=server_env(), timeout=60)
     assert r.returncode == 2 and r.stderr.strip() == f"error: {flag} must be >= 1, got 0"
 
 
@@ -385,7 +340,7 @@ def test_sigterm_drains_streams_and_exits_0(model_path, tmp_path):
     at once while the process lives on, the stream delivers every token and [DONE], and the
     process exits with status 0."""
     n = 6000
-    s = Served(model_path, tmp_path)
+    s = _served(model_path, tmp_path)
     try:
         events = _sse_reader(s.port, {"model": MODEL_ID, "prompt": "Once", "max_tokens": n, "temperature": 0,
                                       "ignore_eos": True, "stream": True, "return_token_ids": True})
@@ -413,7 +368,7 @@ def test_sigterm_drains_streams_and_exits_0(model_path, tmp_path):
 
 
 def test_sigterm_while_idle_exits_0(model_path, tmp_path):
-    s = Served(model_path, tmp_path)
+    s = _served(model_path, tmp_path)
     try:
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(30) == 0, s.output()
