@@ -14,7 +14,8 @@ inline float kv_value(float x) { return x; }
 inline float kv_value(uint16_t h) { return half_to_float(h); }
 inline float kv_value(int8_t q) { return float(q); }
 
-// attention_chunk_generic over rows of T; ks / vs: per-row scales (int8) or nullptr.
+// The scalar attention chunk over rows of T (f32, f16, int8); ks / vs: per-row scales (int8)
+// or nullptr.
 template <class T>
 void chunk_generic(const float* q, int64_t g, int64_t D, const T* k, const float* ks, const T* v,
                    const float* vs, int64_t n, float scale, float* o, float* mx, float* l) {
@@ -43,6 +44,11 @@ void chunk_generic(const float* q, int64_t g, int64_t D, const T* k, const float
 }
 
 }  // namespace
+
+void attention_chunk_generic(const float* q, int64_t g, int64_t D, const float* k, const float* v,
+                             int64_t n, float scale, float* o, float* mx, float* l) {
+    chunk_generic<float>(q, g, D, k, nullptr, v, nullptr, n, scale, o, mx, l);
+}
 
 void attention_chunk_f16_generic(const float* q, int64_t g, int64_t D, const uint16_t* k,
                                  const uint16_t* v, int64_t n, float scale, float* o, float* mx,

@@ -196,29 +196,6 @@ void rope_neox(float* x, int64_t T, int64_t H, int64_t D, const float* cos, cons
     });
 }
 
-void attention_chunk_generic(const float* q, int64_t g, int64_t D, const float* k, const float* v,
-                             int64_t n, float scale, float* o, float* mx, float* l) {
-    std::vector<float> p(static_cast<size_t>(n));
-    for (int64_t h = 0; h < g; ++h) {
-        const float* qh = q + h * D;
-        float m = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) {
-            float dot = 0.f;
-            for (int64_t d = 0; d < D; ++d) dot += qh[d] * k[j * D + d];
-            p[j] = dot * scale;
-            m = std::max(m, p[j]);
-        }
-        float sum = 0.f;
-        for (int64_t j = 0; j < n; ++j) sum += p[j] = std::exp(p[j] - m);
-        float* oh = o + h * D;
-        std::fill(oh, oh + D, 0.f);
-        for (int64_t j = 0; j < n; ++j)
-            for (int64_t d = 0; d < D; ++d) oh[d] += p[j] * v[j * D + d];
-        mx[h] = m;
-        l[h] = sum;
-    }
-}
-
 namespace {
 
 // One chunk's softmax partial for the g heads of a group: o [g, D], then mx [g], then l [g].
