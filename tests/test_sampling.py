@@ -3,9 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from engine.runtime.sampling import (DEFAULTS, Sampler, SamplingParams, apply_frequency_presence_penalty,
-                                     apply_penalties, apply_repetition_penalty, candidates, nucleus_size,
-                                     sample)
+from engine.runtime.sampling import (DEFAULTS, Sampler, SamplingParams, apply_penalties, apply_repetition_penalty,
+                                     candidates, nucleus_size, sample)
 
 
 def params(**kw):
@@ -88,14 +87,14 @@ def test_repetition_penalty_like_transformers():
 def test_frequency_penalty_exact():
     logits = np.array([2.0, -2.0, 1.0, -1.0, 0.5], np.float32)
     out = logits.copy()
-    apply_frequency_presence_penalty(out, [0, 1, 1, 3, 3, 3], 0.5, 0.0)  # counts 1, 2, 0, 3, 0
+    apply_penalties(out, [0, 1, 1, 3, 3, 3], frequency=0.5)  # counts 1, 2, 0, 3, 0
     assert np.array_equal(out, np.array([1.5, -3.0, 1.0, -2.5, 0.5], np.float32))
 
 
 def test_presence_penalty_exact():
     logits = np.array([2.0, -2.0, 1.0, -1.0, 0.5], np.float32)
     out = logits.copy()
-    apply_frequency_presence_penalty(out, [0, 1, 1, 3, 3, 3], 0.0, 0.25)  # once per distinct id
+    apply_penalties(out, [0, 1, 1, 3, 3, 3], presence=0.25)  # once per distinct id
     assert np.array_equal(out, np.array([1.75, -2.25, 1.0, -1.25, 0.5], np.float32))
 
 

@@ -104,12 +104,6 @@ def apply_repetition_penalty(logits: np.ndarray, recent_ids, penalty: float) -> 
     apply_penalties(logits, recent_ids, repetition=penalty)
 
 
-def apply_frequency_presence_penalty(logits: np.ndarray, recent_ids, frequency: float,
-                                     presence: float) -> None:
-    """In place, as OpenAI's: logit[t] -= count(t) * frequency + (count(t) > 0) * presence."""
-    apply_penalties(logits, recent_ids, frequency=frequency, presence=presence)
-
-
 def _penalize(work: np.ndarray, params: SamplingParams, recent_ids) -> None:
     if params.penalized and len(recent_ids):
         apply_penalties(work, recent_ids[-params.repeat_last_n:], params.repetition_penalty,
@@ -149,8 +143,13 @@ def top_k_candidates(x: np.ndarray, k: int, mx: float) -> np.ndarray:
 def nucleus_size(probs_desc: np.ndarray, top_p: float) -> int:
     """Length of the smallest prefix of descending probabilities (summing to 1) whose mass
     reaches top_p: token i is kept while the mass before it is < top_p (transformers TopP)."""
-    before = np.cumsum(probs_desc, dtype=np.float64) - probs_desc
-    return max(1, int(np.count_nonzero(before < top_p)))
+    return _nucleus_from_cumsum(np.cumsum(probs_desc, dtype=np.float64), top_p)
+
+
+def _nucleus_from_cumsum(csum: np.ndarray, mass: float) -> int:
+    """nucleus_size from the float64 cumulative sum of the descending weights, with mass =
+    top_p x their total: token i stays while the mass before it (csum[i - 1]) is < mass."""
+    return 1 + int(np.searchsorted(csum[:-1], mass, side="left"))
 
 
 _BLOCK = 1024
@@ -222,10 +221,8 @@ def _select(logits, params: SamplingParams, recent_ids=(), work=None, scratch=No
     n, csum = probs.shape[0], None
     if use_top_p:
         csum = np.cumsum(probs, dtype=np.float64)
-        # token i stays while the mass before it (csum[i - 1]) is < top_p of the whole
-        # (transformers TopP); the whole is csum[-1] when probs are unnormalized (top-k path)
-        total = csum[-1] if use_top_k else 1.0
-        n = 1 + int(np.searchsorted(csum[:-1], params.top_p * total, side="left"))
+        # the whole is csum[-1] when probs are unnormalized (top-k path), else 1
+        n = _nucleus_from_cumsum(csum, params.top_p * (csum[-1] if use_top_k else 1.0))
     if params.min_p > 0:  # probs descend, so the kept tokens are a prefix
         n = min(n, int(np.count_nonzero(probs[:n] >= params.min_p * probs[0])))
     return cand[:n], probs[:n], None if csum is None else csum[:n]
