@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--n-predict", type=int, default=128, metavar="N",
                    help="maximum number of new tokens (default 128); generation also ends at "
                         "end-of-sequence / end-of-turn tokens and --stop strings")
+    from engine.runtime.kvcache import DEFAULT_KV_DTYPE
     from engine.runtime.sampling import DEFAULTS
 
     for flag, field, kind, metavar, text in SAMPLING_FLAGS:
@@ -76,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print the kernel choice (layout per linear group and token-count bucket; "
                         "TERNARY_KERNEL / TERNARY_PROBE / TERNARY_REPACK set it) to stderr")
-    p.add_argument("--kv-dtype", default="f16", metavar="T",
+    p.add_argument("--kv-dtype", default=DEFAULT_KV_DTYPE, metavar="T",
                    help="KV cache dtype: f32, f16 (default; half the memory) or int8 (a scale per "
                         "token and head, about 0.27x f32's memory at head_dim 64)")
     p.add_argument("--chat", action="store_true",

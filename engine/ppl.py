@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.runtime.kvcache import DEFAULT_KV_DTYPE
+
 
 def window_nll(eng, ids, seq_len: int, bos: int) -> tuple[float, int]:
     """Mean NLL (nats/token) and token count of ids scored in windows of seq_len tokens."""
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
                     help="all: every token of each window, after a bos (default); half: "
                          "llama.cpp llama-perplexity's convention (second half of each chunk)")
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: cores)")
-    ap.add_argument("--kv-dtype", default="f16", help="KV cache dtype: f32, f16 (default) or int8")
+    ap.add_argument("--kv-dtype", default=DEFAULT_KV_DTYPE, help="KV cache dtype: f32, f16 (default) or int8")
     args = ap.parse_args(argv)
     if len(args.args) > 2:
         ap.error("expected [MODEL.tpk] FILE")
