@@ -58,13 +58,13 @@ def replica_app(opts: dict, replica: str):
     Ray sees its constructor return), then create_app over it, tagged with the replica id."""
     from engine import Engine
     from engine.runtime.batch import DEFAULT_PREFILL_CHUNK, Batch
-    from engine.serve.server import Limits, create_app, warm_up
+    from engine.serve.server import Limits, create_app, model_id_of, warm_up
 
     engine = Engine(opts["model"], threads=opts["threads"], ctx=opts["ctx"])
     warm_up(engine)
     batch = Batch(engine.model, max_batch=opts["max_batch"], max_queue=opts["queue"],
                   prefill_chunk=opts["prefill_chunk"] or DEFAULT_PREFILL_CHUNK)
-    model_id = opts["model_name"] or os.path.splitext(os.path.basename(engine.path))[0]
+    model_id = model_id_of(engine, opts["model_name"])
     limits = Limits(**{k: opts[k] for k in LIMIT_OPTIONS if opts[k] is not None})
     app = create_app(engine, batch, model_id, warmup=lambda e: None, limits=limits)   # warmed up above
     app.add_middleware(ReplicaHeader, replica=replica)

@@ -156,6 +156,11 @@ class Limits:
     api_key: str | None = None             # Authorization: Bearer <key>, 401 otherwise (guard.py)
 
 
+def model_id_of(engine, name: str | None = None) -> str:
+    """The id /v1/models lists: --model-name, else the .tpk's file name without its extension."""
+    return name or os.path.splitext(os.path.basename(engine.path))[0]
+
+
 def warm_up(engine) -> None:
     """One forward over a few tokens."""
     engine.forward(engine.tokenizer.encode("Hello")[:8] or [0])
@@ -768,7 +773,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     batch = Batch(engine.model, max_batch=args.max_batch, max_queue=args.queue, prefill_chunk=args.prefill_chunk)
-    model_id = args.model_name or os.path.splitext(os.path.basename(engine.path))[0]
+    model_id = model_id_of(engine, args.model_name)
     kv = batch.caches[0].nbytes
     log.info("model %s: ctx %d, %d slots, KV cache up to %.0f MB per slot (%.0f MB in all, touched lazily)",
              model_id, engine.ctx, args.max_batch, kv / 2**20, kv * args.max_batch / 2**20)
