@@ -4,17 +4,16 @@ reply from /v1/chat/completions and shows its tokens/s. Also: the page's files a
 installed package and load nothing from other hosts."""
 import os
 import re
-import shutil
 
 import httpx
 import pytest
 
+from browser import CHROMIUM, NO_CHROMIUM, headless_chromium
 from served import Served
 
 from engine.runtime.generate import DEFAULT_MODEL
 from engine.serve.server import STATIC_DIR
 
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome"))), None)
 
 
 @pytest.fixture(scope="module")
@@ -37,23 +36,13 @@ def test_page_files_are_served_and_self_contained(server):
         assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", text), f"{name} refers to another host"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary found (apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_chat_page_streams_a_reply_in_chromium(server, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-              "--window-size=1100,720", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(a)
-    driver_path = shutil.which("chromedriver")
-    service = Service(driver_path) if driver_path else Service()
-    driver = webdriver.Chrome(options=opts, service=service)
+    driver = headless_chromium()
     try:
-        driver.set_page_load_timeout(30)
         driver.get(server + "/")
         wait = WebDriverWait(driver, 30)
         model_id = httpx.get(server + "/v1/models").json()["data"][0]["id"]

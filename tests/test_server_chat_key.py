@@ -3,19 +3,17 @@ the page itself loads without the key (as llama.cpp's web UI), asks for the key 
 first 401, says so when it is wrong, and with the right one lists the model and streams a
 reply; the key is kept in the browser across a reload."""
 import re
-import shutil
 
 import httpx
 import pytest
 
+from browser import CHROMIUM, NO_CHROMIUM, headless_chromium
 from served import Served
 
 from engine.runtime.generate import DEFAULT_MODEL
 
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome"))), None)
 KEY = "page-key-123"
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary found "
-                                                          "(apt-get install chromium chromium-driver)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +27,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def driver():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-              "--window-size=1100,720", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(a)
-    driver_path = shutil.which("chromedriver")
-    d = webdriver.Chrome(options=opts, service=Service(driver_path) if driver_path else Service())
-    d.set_page_load_timeout(30)
+    d = headless_chromium()
     yield d
     d.quit()
 
