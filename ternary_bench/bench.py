@@ -54,6 +54,9 @@ TERNARY_KERNEL value, labelled "FORMAT k=VALUE"; every choice must give identica
 output head, and the two graphs differ only by two RMSNorms per layer), quantized to TQ2_0 and
 TQ1_0 with llama-quantize, and llama-bench runs each (-p/-n/-t as ours, -r 1) once per
 repetition, in the same alternation; its rows join the table ("llama.cpp TQ2_0" ...).
+--ik-llama-bench PATH does the same with ik_llama.cpp's binaries (IQ2_BN and IQ1_BN, its
+ternary types; rows "ik_llama.cpp IQ2_BN" ...), and the targets then compare our best ternary
+row with its best at each test.
 """
 from __future__ import annotations
 
@@ -560,23 +563,31 @@ def gguf_bytes_per_token(path: str) -> tuple[int, int, float]:
     return lin_bytes + int(head.n_bytes), os.path.getsize(path), 8.0 * lin_bytes / n_weights
 
 
-def llama_cpp_models(f16_tpk: str, quantize: str, label: str) -> dict:
-    """{format label: GGUF path}: F16 from the .tpk, TQ2_0 and TQ1_0 by llama-quantize (cached)."""
+# peer engines built from source: {name: (ternary quant types for llama-quantize)}. ik_llama.cpp's
+# IQ2_BN is 2 bits/weight (its fastest), IQ1_BN 1.625 (its smallest); both work on the llama.cpp
+# "bitnet" graph of our F16 GGUF.
+PEER_TYPES = {"llama.cpp": ("TQ2_0", "TQ1_0"), "ik_llama.cpp": ("IQ2_BN", "IQ1_BN")}
+
+
+def llama_cpp_models(f16_tpk: str, quantize: str, label: str, peer: str = "llama.cpp") -> dict:
+    """{format label: GGUF path}: F16 from the .tpk, the peer's ternary types by its llama-quantize
+    (cached; "llama.cpp F16" is the F16 file itself)."""
     from ternary_bench import synthetic
     root = os.path.join(os.path.dirname(synthetic.cache_dir()), "gguf")
     base = os.path.join(root, f"{label}-f16.gguf")
     if not os.path.exists(base) or os.path.getmtime(base) < os.path.getmtime(f16_tpk):
         write_gguf(f16_tpk, base)
-    out = {"llama.cpp F16": base}
-    for q in ("TQ2_0", "TQ1_0"):
-        path = os.path.join(root, f"{label}-{q.lower()}.gguf")
+    out = {f"{peer} F16": base}
+    prefix = "" if peer == "llama.cpp" else "ik-"
+    for q in PEER_TYPES[peer]:
+        path = os.path.join(root, f"{label}-{prefix}{q.lower()}.gguf")
         if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(base):
             r = subprocess.run([quantize, base, path + ".partial", q], capture_output=True, text=True)
             if r.returncode != 0:
                 tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
-                raise BenchError(f"llama-quantize {q} failed: {tail[0]}")
+                raise BenchError(f"{peer} llama-quantize {q} failed: {tail[0]}")
             os.replace(path + ".partial", path)
-        out[f"llama.cpp {q}"] = path
+        out[f"{peer} {q}"] = path
     return out
 
 
@@ -605,7 +616,8 @@ def run_llama_bench(binary: str, gguf_path: str, threads: int, pp: list[int], tg
 class Variant:
     label: str                 # "t2", "t2/i8", "f16", "llama.cpp TQ2_0"
     path: str
-    engine: str = "ours"       # "ours" | "llama.cpp"
+    engine: str = "ours"       # "ours" | "llama.cpp" (any llama-bench peer)
+    bench_binary: str | None = None  # the peer's llama-bench
     info: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
     samples: dict = field(default_factory=dict)    # (threads, test) -> [tok/s]
@@ -780,7 +792,7 @@ def run_model(mr: ModelRun, args, threads_list, pp_list, tg, bar, say) -> None:
                 for v in llama:
                     if bar is not None:
                         bar.set_description(f"{mr.name} rep {rep + 1}/{args.reps} t={threads} {v.label}")
-                    res = run_llama_bench(args.llama_bench, v.path, threads, pp_list, tg)
+                    res = run_llama_bench(v.bench_binary, v.path, threads, pp_list, tg)
                     for test, tps in res.items():
                         v.samples.setdefault((threads, test), []).append(tps)
                     if bar is not None:
@@ -914,7 +926,7 @@ def table(rows: list[dict], pp_list, tg) -> str:
 
 
 def targets(rows: list[dict], tg) -> list[str]:
-    """Issue 7's targets, for the models of this run that they concern."""
+    """Issues 7 and 15's targets, for the models of this run that they concern."""
     out = []
     if not tg:
         return out
@@ -950,6 +962,14 @@ def targets(rows: list[dict], tg) -> list[str]:
                 best_pp = max(tern, key=lambda r: r.get(pk) or 0)
                 out.append(_target(f"{model}: {pk[:-4]} >= 3x llama.cpp TQ2_0 (goal beyond; {best_pp['format']})",
                                    best_pp[pk] / tq2[pk], 3.0, "{:.2f}x"))
+        ik = [r for r in rs if r["threads"] == top and r["format"].startswith("ik_llama.cpp")
+              and not r["format"].endswith("F16")]
+        for k in [f"pp{p}_tps" for p in _pp_of(rs)] + [key]:
+            peer = max(ik, key=lambda r: r.get(k) or 0, default=None)
+            if tern and peer is not None and peer.get(k):  # issue 15: beat its best ternary type
+                mine = max(tern, key=lambda r: r.get(k) or 0)
+                out.append(_target(f"{model}: {k[:-4]} >= ik_llama.cpp's best ({peer['format']}; {mine['format']})",
+                                   mine[k] / peer[k], 1.0, "{:.2f}x"))
         if model == "default":
             for r in at:
                 out.append(_target(f"default model: {r['format']} decode >= 1000 tok/s", r[key], 1000.0, "{:.0f}"))
@@ -1052,6 +1072,8 @@ def parse_args(argv):
                    "TQ2_0 / TQ1_0 / F16 rows on the same model (needs llama-quantize)")
     p.add_argument("--llama-quantize", metavar="PATH",
                    help="llama-quantize binary (default: next to llama-bench, then PATH)")
+    p.add_argument("--ik-llama-bench", metavar="PATH", help="ik_llama.cpp's llama-bench (its "
+                   "llama-quantize next to it): add its IQ2_BN / IQ1_BN / F16 rows")
     p.add_argument("--dram-mb", type=int, default=DRAM_MB,
                    help=f"buffer of the DRAM bandwidth loop, MB (default {DRAM_MB}; keep it >> L3)")
     p.add_argument("--kernel", default=None,
@@ -1075,6 +1097,42 @@ def default_threads() -> list[int]:
     return ts + [n]
 
 
+def _peer_binaries(args) -> dict:
+    """{peer: (llama-bench, llama-quantize)} from --llama-bench / --ik-llama-bench; the quantizer
+    is the one next to its llama-bench (or --llama-quantize for llama.cpp, then PATH)."""
+    out = {}
+    for peer, bench, quantize in (("llama.cpp", args.llama_bench, args.llama_quantize),
+                                  ("ik_llama.cpp", args.ik_llama_bench, None)):
+        if not bench:
+            continue
+        if not os.access(bench, os.X_OK):
+            raise BenchError(f"{bench}: not an executable llama-bench")
+        quantize = quantize or os.path.join(os.path.dirname(os.path.abspath(bench)), "llama-quantize")
+        if not os.access(quantize, os.X_OK):
+            quantize = shutil.which("llama-quantize") if peer == "llama.cpp" else None
+        if not quantize:
+            raise BenchError(f"{peer}'s llama-quantize not found next to {bench}")
+        out[peer] = (bench, quantize)
+    return out
+
+
+def _add_peer_variants(runs: list, peer: str, bench: str, quantize: str, say) -> None:
+    """Append the peer's rows (F16 only when our f16 row is there too) to every model run."""
+    from ternary_bench import synthetic
+    for mr in runs:
+        f16 = next((v for v in mr.variants if v.label == "f16"), None)
+        src = f16.path if f16 else synthetic.variant(mr.variants[0].path, "f16", "f16")
+        say(f"{mr.name}: GGUF for {peer}")
+        for label, path in llama_cpp_models(src, quantize, mr.name, peer).items():
+            if label.endswith("F16") and f16 is None:
+                continue
+            v = Variant(label, path, engine="llama.cpp", bench_binary=bench)
+            mpt, size, bpw = gguf_bytes_per_token(path)
+            v.info = dict(bytes_per_token=mpt, file_bytes=size, bits_per_weight=bpw,
+                          weight_format=label.split()[-1].lower(), lm_head_format=None)
+            mr.variants.append(v)
+
+
 def main(argv=None) -> int:
     try:
         return _main(argv)
@@ -1096,31 +1154,10 @@ def _main(argv=None) -> int:
     if any(p < 2 for p in pp_list) or tg < 0 or (not pp_list and not tg) or args.reps < 1:
         raise BenchError("need --pp lengths >= 2 and/or --tg > 0, and --reps >= 1")
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    quantize = None
-    if args.llama_bench:
-        if not os.access(args.llama_bench, os.X_OK):
-            raise BenchError(f"{args.llama_bench}: not an executable llama-bench")
-        quantize = args.llama_quantize or os.path.join(os.path.dirname(os.path.abspath(args.llama_bench)),
-                                                       "llama-quantize")
-        if not os.access(quantize, os.X_OK):
-            quantize = shutil.which("llama-quantize")
-        if not quantize:
-            raise BenchError("llama-quantize not found: pass --llama-quantize PATH")
+    peers = _peer_binaries(args)
     runs = prepare(args, say)
-    if args.llama_bench:
-        from ternary_bench import synthetic
-        for mr in runs:
-            f16 = next((v for v in mr.variants if v.label == "f16"), None)
-            src = f16.path if f16 else synthetic.variant(mr.variants[0].path, "f16", "f16")
-            say(f"{mr.name}: GGUF for llama.cpp")
-            for label, path in llama_cpp_models(src, quantize, mr.name).items():
-                if label.endswith("F16") and f16 is None:
-                    continue
-                v = Variant(label, path, engine="llama.cpp")
-                mpt, size, bpw = gguf_bytes_per_token(path)
-                v.info = dict(bytes_per_token=mpt, file_bytes=size, bits_per_weight=bpw,
-                              weight_format=label.split()[-1].lower(), lm_head_format=None)
-                mr.variants.append(v)
+    for peer, (bench, quantize) in peers.items():
+        _add_peer_variants(runs, peer, bench, quantize, say)
     per_rep = sum(len(mr.variants) for mr in runs) * len(threads_list) * (len(pp_list) + (1 if tg else 0))
     bar = None if args.quiet else _progress(per_rep * args.reps)
     started = time.time()

@@ -143,10 +143,9 @@ def test_gguf_for_llama_cpp_holds_the_f16_model(cache, tmp_path, monkeypatch):
         assert bits == 16 and per_token < size
 
 
-def test_llama_bench_rows_join_the_table(cache, tmp_path):
-    """The llama.cpp plumbing with stand-ins for its two binaries (none is installed here):
-    llama-quantize copies its input, llama-bench prints JSON records as the real one does."""
-    bin_dir = tmp_path / "bin"
+def _stand_in_peer(bin_dir, pp_per_thread: float) -> str:
+    """A llama-quantize that copies its input and a llama-bench that prints JSON records as the
+    real one does (pp tok/s = pp_per_thread x threads, tg 7): returns the llama-bench path."""
     bin_dir.mkdir()
     (bin_dir / "llama-quantize").write_text('#!/bin/sh\ncp "$1" "$2"\n')
     (bin_dir / "llama-bench").write_text(
@@ -155,18 +154,30 @@ def test_llama_bench_rows_join_the_table(cache, tmp_path):
         "a = sys.argv[1:]\n"
         "arg = lambda f: a[a.index(f) + 1]\n"
         "recs = [dict(model_filename=arg('-m'), n_threads=int(arg('-t')), n_prompt=int(p), n_gen=0,\n"
-        "             avg_ts=100.0 * int(arg('-t'))) for p in arg('-p').split(',')]\n"
+        f"             avg_ts={pp_per_thread!r} * int(arg('-t'))) for p in arg('-p').split(',')]\n"
         "recs.append(dict(n_threads=int(arg('-t')), n_prompt=0, n_gen=int(arg('-n')), avg_ts=7.0))\n"
         "print(json.dumps(recs, indent=1))\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
+    return str(bin_dir / "llama-bench")
+
+
+def test_llama_bench_rows_join_the_table(cache, tmp_path, capsys):
+    """The llama.cpp and ik_llama.cpp plumbing with stand-ins for their binaries (none is
+    installed here): each peer's rows come from its own llama-bench."""
+    llama = _stand_in_peer(tmp_path / "llama", 100.0)
+    ik = _stand_in_peer(tmp_path / "ik", 1e6)
     out = tmp_path / "rows.json"
     rc = bench.main(["--shape", "tiny", "--threads", "1,2", "--pp", "16", "--tg", "4", "--reps", "1",
-                     "--dram-mb", "64", "--formats", "t2,f16", "--llama-bench", str(bin_dir / "llama-bench"),
-                     "--json", str(out), "-q"])
+                     "--dram-mb", "64", "--formats", "t2,f16", "--llama-bench", llama,
+                     "--ik-llama-bench", ik, "--json", str(out), "-q"])
     assert rc == 0
     rows = {(r["format"], r["threads"]): r for r in json.loads(out.read_text())["rows"]}
     tq2 = rows[("llama.cpp TQ2_0", 2)]
     assert tq2["engine"] == "llama.cpp" and tq2["pp16_tps"] == 200 and tq2["tg4_tps"] == 7
     assert tq2["speedup_tg"] == pytest.approx(7 / rows[("f16", 2)]["tg4_tps"])
-    assert {f for f, _ in rows} == {"t2", "t2/q4", "f16", "llama.cpp F16", "llama.cpp TQ2_0", "llama.cpp TQ1_0"}
+    assert rows[("ik_llama.cpp IQ2_BN", 2)]["pp16_tps"] == 2e6
+    assert {f for f, _ in rows} == {"t2", "t2/q4", "f16", "llama.cpp F16", "llama.cpp TQ2_0", "llama.cpp TQ1_0",
+                                    "ik_llama.cpp F16", "ik_llama.cpp IQ2_BN", "ik_llama.cpp IQ1_BN"}
+    # the stand-in ik_llama.cpp prefills at 2e6 tok/s, so that target is missed
+    assert "MISS  tiny: pp16 >= ik_llama.cpp's best (ik_llama.cpp IQ2_BN" in capsys.readouterr().out
