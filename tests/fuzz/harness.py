@@ -25,8 +25,9 @@ CORPUS = os.path.join(HERE, "corpus")
 REGRESSIONS = os.path.join(HERE, "regressions")
 
 HANG_CPU_S = float(os.environ.get("FUZZ_HANG_CPU_S", "1.0"))  # CPU seconds allowed per input
-ADDRESS_SPACE_MARGIN = 4 << 30  # bytes of address space an input may add: a size field
-                                # asking for more is a MemoryError (a finding), not a swap storm
+# bytes of address space an input may add: a size field asking for more is a MemoryError (a
+# finding), not a swap storm (the long runs raise it: libFuzzer's own memory grows with the run)
+ADDRESS_SPACE_MARGIN = int(float(os.environ.get("FUZZ_ADDRESS_SPACE_GB", "4")) * (1 << 30))
 MAX_LEN = 1 << 16               # inputs stay small: any big allocation is from a size field
 
 

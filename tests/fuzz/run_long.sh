@@ -6,12 +6,21 @@
 #   tests/fuzz/run_long.sh                          # every target, 10^6 runs each, no time limit
 #   RUNS=1000000 tests/fuzz/run_long.sh tpk:180 gguf:120   # target:seconds (0 = no limit)
 #
+# libFuzzer's own bookkeeping grows the RSS by a few KB per execution (the Python heap of the
+# target stays flat), so a 10^6 run needs more than its 2 GB default -rss_limit_mb; and the
+# wall-clock -timeout only guards against a real hang (the harness checks each input's CPU time
+# against 1 s), so at nice 19 beside a build it is raised. FLAGS overrides both.
+#
 # A crash input found here goes to tests/fuzz/regressions/<target>/ together with the fix
 # (tests/test_fuzz_regressions.py replays it). PYTHON: the interpreter with engine + atheris.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 py="${PYTHON:-python3}"
 runs="${RUNS:-1000000}"
+# and the address-space cap of the harness (a size field trusted shows as MemoryError) leaves
+# room for that growth
+export FUZZ_ADDRESS_SPACE_GB="${FUZZ_ADDRESS_SPACE_GB:-8}"
+read -r -a flags <<< "${FLAGS:--rss_limit_mb=6144 -timeout=120}"
 out="${OUT:-$(mktemp -d -t ternary-fuzz-long-XXXXXX)}"
 specs=("$@")
 [ ${#specs[@]} -eq 0 ] && specs=(tpk gguf hf sentencepiece tokenizer_json)
@@ -28,7 +37,7 @@ for spec in "${specs[@]}"; do
     start=$(date +%s)
     nice -n 19 "$py" "$here/fuzz_$target.py" "$dir/corpus" "$here/corpus/$target" \
         -runs="$runs" -max_total_time="$budget" -artifact_prefix="$dir/artifacts/" \
-        -print_final_stats=1 > "$dir/log" 2>&1
+        -print_final_stats=1 "${flags[@]}" > "$dir/log" 2>&1
     rc=$?
     secs=$(( $(date +%s) - start ))
     n=$(grep -o 'number_of_executed_units: *[0-9]*' "$dir/log" | grep -o '[0-9]*$' | tail -1)
