@@ -551,16 +551,35 @@ def write_gguf(tpk_path: str, out: str) -> str:
     return out
 
 
+def _gguf_tensors(path: str) -> list[tuple[str, int, int, int]]:
+    """[(name, n_dims, n_elements, n_bytes)] of a GGUF's tensors. The sizes come from the data
+    offsets (each tensor runs to the next one's start), so that types the gguf package does not
+    know (ik_llama.cpp's IQ2_BN ...) are measured too."""
+    import gguf
+
+    class TensorInfoOnly(gguf.GGUFReader):
+        def _build_tensors(self, start_offs, fields):
+            self.tensor_info = (start_offs, fields)
+
+    r = TensorInfoOnly(path)
+    start, fields = r.tensor_info
+    info = []
+    for f in fields:
+        _, name, _, dims, _, offset = f.parts
+        info.append((int(offset[0]), str(bytes(name), encoding="utf-8"), len(dims), int(np.prod(dims))))
+    info.sort()
+    ends = [o for o, *_ in info[1:]] + [os.path.getsize(path) - start]
+    return [(name, nd, n, end - off) for (off, name, nd, n), end in zip(info, ends)]
+
+
 def gguf_bytes_per_token(path: str) -> tuple[int, int, float]:
     """(bytes a decode step reads, file bytes, bits per linear weight) of a GGUF."""
-    import gguf
-    r = gguf.GGUFReader(path)
-    by = {tt.name: tt for tt in r.tensors}
-    lin = [tt for n, tt in by.items() if n.startswith("blk.") and tt.n_elements > 1 and len(tt.shape) == 2]
-    lin_bytes = sum(int(tt.n_bytes) for tt in lin)
-    n_weights = sum(int(tt.n_elements) for tt in lin)
+    by = {name: (nd, n, nb) for name, nd, n, nb in _gguf_tensors(path)}
+    lin = [v for name, v in by.items() if name.startswith("blk.") and v[1] > 1 and v[0] == 2]
+    lin_bytes = sum(nb for _, _, nb in lin)
+    n_weights = sum(n for _, n, _ in lin)
     head = by.get("output.weight") or by["token_embd.weight"]
-    return lin_bytes + int(head.n_bytes), os.path.getsize(path), 8.0 * lin_bytes / n_weights
+    return lin_bytes + head[2], os.path.getsize(path), 8.0 * lin_bytes / n_weights
 
 
 # peer engines built from source: {name: (ternary quant types for llama-quantize)}. ik_llama.cpp's
