@@ -345,6 +345,14 @@ def test_errors(capsys, tmp_path, offline):
     json.dump(cfg, open(huge / "config.json", "w"))
     assert "num_hidden_layers 1358954497 does not fit" in _run_error(capsys, [str(huge), "-o", out])
 
+    no_heads = tmp_path / "no_heads"   # the GGUF fuzzer's head_count 0, on the HF route
+    shutil.copytree(ck.path, no_heads)
+    cfg = json.load(open(no_heads / "config.json"))
+    cfg["num_attention_heads"] = 0
+    cfg.pop("head_dim", None)
+    json.dump(cfg, open(no_heads / "config.json", "w"))
+    assert "num_attention_heads 0 must be positive" in _run_error(capsys, [str(no_heads), "-o", out])
+
     from safetensors.torch import load_file, save_file
 
     missing = tmp_path / "missing"

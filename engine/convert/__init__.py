@@ -290,6 +290,8 @@ def _hf_config(src, cfg, ck) -> tuple[dict, dict, str]:
         vocab = int(cfg["vocab_size"])
     except (KeyError, TypeError, ValueError) as e:
         raise ConvertError(f"{src}/config.json: missing or bad {e}") from None
+    if heads <= 0:  # divides the hidden size below
+        raise ConvertError(f"{src}/config.json: num_attention_heads {heads} must be positive")
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     head_dim = int(cfg.get("head_dim") or hidden // heads)
     qc, linear_class, mode = _hf_quantization(src, cfg)

@@ -190,6 +190,8 @@ def _config(f: _File) -> dict:
     """The .tpk config from the GGUF metadata; unsupported variants are refused."""
     path, arch, meta, tensors = f.path, f.arch, f.meta, f.tensors
     hidden, layers, heads = int(f.need("embedding_length")), int(f.need("block_count")), int(f.need("attention.head_count"))
+    if heads <= 0:  # divides the hidden size below
+        raise ConvertError(f"{path}: attention.head_count {heads} must be positive")
     if not 0 < layers <= len(tensors):  # every block holds several tensors; bounds what is built per block
         raise ConvertError(f"{path}: block_count {layers} does not fit the file's {len(tensors)} tensors")
     if isinstance(meta(f"{arch}.attention.head_count_kv"), list) or isinstance(meta(f"{arch}.feed_forward_length"), list):
