@@ -264,8 +264,9 @@ void set_num_threads(int n);
 // Runs fn(n0, n1) over [0, n) split into contiguous chunks whose starts are multiples of
 // `align`; small problems (n * cost_per_row below a threshold) run on the calling thread.
 // Chunks of a given call never overlap, so results do not depend on the thread count.
+// chunks_per_thread: 4 balance a shared machine; 1 where each call has a setup of its own.
 template <typename Fn>
-void parallel_rows(int64_t n, int64_t align, int64_t cost_per_row, Fn&& fn);
+void parallel_rows(int64_t n, int64_t align, int64_t cost_per_row, Fn&& fn, int chunks_per_thread = 4);
 
 // ---- operations (ops.cpp): dispatched kernels plus threading ----
 void ternary_matmul_i32(Format fmt, const uint8_t* packed, int64_t N, int64_t K,

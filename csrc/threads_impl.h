@@ -13,15 +13,15 @@ void run_tasks(int64_t ntasks, void (*task)(void* ctx, int64_t i), void* ctx);
 constexpr int64_t kParallelMinWork = 1 << 16;
 
 template <typename Fn>
-void parallel_rows(int64_t n, int64_t align, int64_t cost_per_row, Fn&& fn) {
+void parallel_rows(int64_t n, int64_t align, int64_t cost_per_row, Fn&& fn, int chunks_per_thread) {
     if (n <= 0) return;
     const int nt = num_threads();
     if (nt <= 1 || n * cost_per_row < kParallelMinWork || n <= align) {
         fn(int64_t(0), n);
         return;
     }
-    // Several chunks per thread balance a shared, noisy machine; chunk starts stay aligned.
-    int64_t chunks = std::min<int64_t>(int64_t(nt) * 4, (n + align - 1) / align);
+    // chunk starts stay aligned
+    int64_t chunks = std::min<int64_t>(int64_t(nt) * chunks_per_thread, (n + align - 1) / align);
     int64_t per = (n + chunks - 1) / chunks;
     per = (per + align - 1) / align * align;
     chunks = (n + per - 1) / per;
