@@ -88,3 +88,12 @@ def test_kernel_top_k_with_ties():
                        work, ids, scaled)
     assert n == 5 and ids[:n].tolist() == [1, 3, 2, 4, 5]  # 3 largest + the ties at the 3rd
     np.testing.assert_array_equal(scaled[:n], [0, 0, -1, -1, -1])
+
+
+def test_subclass_call_is_still_used():
+    class Fixed(Sampler):
+        def __call__(self, logits, recent_ids=()):
+            return 7
+
+    s = Fixed(SamplingParams(), 64, 0)
+    assert s._fast is None and s.next(np.zeros(64, np.float32), [1, 2]) == 7

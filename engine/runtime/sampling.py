@@ -360,7 +360,9 @@ class Sampler:
         self.scratch = np.empty(vocab_size, np.float32)  # (vocab,)
         self._penalized = None                           # (vocab,) penalized logits, on first use
         self._window = _Window(params.repeat_last_n, vocab_size) if params.penalized else None
-        self._fast = _FastTopK(params, vocab_size) if not params.greedy and 0 < params.top_k < vocab_size else None
+        # the top-k path in C++, unless a subclass replaced __call__ (next() must go through it)
+        fast = not params.greedy and 0 < params.top_k < vocab_size and type(self).__call__ is Sampler.__call__
+        self._fast = _FastTopK(params, vocab_size) if fast else None
 
     def __call__(self, logits: np.ndarray, recent_ids=()) -> int:
         return sample(logits, self.params, self.rng, recent_ids, self.work, self.scratch)
