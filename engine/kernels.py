@@ -20,6 +20,8 @@ from engine._kernels import (  # noqa: F401  (the public kernel API)
     rmsnorm,
     rmsnorm_quantize_rows,
     rope_neox,
+    sample_cut_draw,
+    sample_top_k,
     row_bytes,
     set_isa,
     set_threads,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "dense.h"
+#include "sample.h"
 #include "ternary.h"
 
 namespace py = pybind11;
@@ -23,6 +24,8 @@ const char* dtype_name() {
     if (std::is_same_v<T, uint8_t>) return "uint8";
     if (std::is_same_v<T, int32_t>) return "int32";
     if (std::is_same_v<T, int16_t>) return "int16";
+    if (std::is_same_v<T, int64_t>) return "int64";
+    if (std::is_same_v<T, double>) return "float64";
     return "float16";  // uint16_t carries IEEE half
 }
 
@@ -36,10 +39,18 @@ std::string shape_str(const py::array& a) {
 
 // Checks dtype (TypeError), rank, C-contiguity and the dims given as >= 0 (ValueError).
 // T = uint16_t means float16.
+// Dtype tests against dtypes made once (never freed: they live as long as the module), not
+// parsed from or printed to a string per call: on the decode path that round trip through
+// numpy's Python code cost microseconds per kernel call.
+bool is_f16(const py::dtype& d) {
+    static const py::dtype* f16 = new py::dtype("float16");
+    return d.is(*f16);
+}
+bool is_i8(const py::dtype& d) { return d.is(py::dtype::of<int8_t>()); }
+
 template <typename T>
 void check(const py::array& a, const char* name, std::vector<int64_t> dims, bool writable = false) {
-    const bool dtype_ok = std::is_same_v<T, uint16_t> ? a.dtype().is(py::dtype("float16"))
-                                                      : a.dtype().is(py::dtype::of<T>());
+    const bool dtype_ok = std::is_same_v<T, uint16_t> ? is_f16(a.dtype()) : a.dtype().is(py::dtype::of<T>());
     if (!dtype_ok)
         throw py::type_error(std::string(name) + ": expected dtype " + dtype_name<T>() + ", got " +
                              std::string(py::str(a.dtype())));
@@ -371,12 +382,12 @@ PYBIND11_MODULE(_kernels, m) {
                 throw py::value_error("k_cache: expected 3-d array, got shape " + shape_str(k_cache));
             const int64_t Hkv = k_cache.shape(0), C = k_cache.shape(1);
             KvCacheView kv{KvType::F32, k_cache.data(), v_cache.data()};
-            const std::string dt = py::str(k_cache.dtype());
-            if (dt == "float16") {
+            const py::dtype dt = k_cache.dtype();
+            if (is_f16(dt)) {
                 check<uint16_t>(k_cache, "k_cache", {-1, -1, D});
                 check<uint16_t>(v_cache, "v_cache", {Hkv, C, D});
                 kv.type = KvType::F16;
-            } else if (dt == "int8") {
+            } else if (is_i8(dt)) {
                 check<int8_t>(k_cache, "k_cache", {-1, -1, D});
                 check<int8_t>(v_cache, "v_cache", {Hkv, C, D});
                 if (k_scale.is_none() || v_scale.is_none())
@@ -421,4 +432,41 @@ PYBIND11_MODULE(_kernels, m) {
             kv_store_int8(cst<float>(x), T, Hkv, D, mut<int8_t>(q_cache), mut<float>(s_cache), C, pos0);
         },
         py::arg("x"), py::arg("q_cache"), py::arg("s_cache"), py::arg("pos0"));
+
+    m.def(
+        "sample_top_k",
+        [](py::array logits, py::array window, py::array counts, double repetition, double frequency,
+           double presence, int64_t k, float inv_t, py::array work, py::array ids, py::array scaled) {
+            check<float>(logits, "logits", {-1});
+            const int64_t V = logits.shape(0);
+            check<int64_t>(window, "window", {-1});
+            const int64_t m = window.shape(0);
+            check<int32_t>(counts, "counts", {m});
+            check<float>(work, "work", {V}, true);
+            check<int64_t>(ids, "ids", {V}, true);
+            check<float>(scaled, "scaled", {V}, true);
+            if (k < 1 || k >= V) throw py::value_error("sample_top_k: need 0 < k < vocab");
+            const int64_t* w = cst<int64_t>(window);
+            for (int64_t j = 0; j < m; ++j)
+                if (w[j] < 0 || w[j] >= V) throw py::value_error("window: ids must be in [0, vocab)");
+            py::gil_scoped_release nogil;
+            return sample_top_k(cst<float>(logits), V, w, cst<int32_t>(counts), m, repetition, frequency,
+                                presence, k, inv_t, mut<float>(work), mut<int64_t>(ids), mut<float>(scaled));
+        },
+        py::arg("logits"), py::arg("window"), py::arg("counts"), py::arg("repetition"),
+        py::arg("frequency"), py::arg("presence"), py::arg("k"), py::arg("inv_t"), py::arg("work"),
+        py::arg("ids"), py::arg("scaled"));
+    m.def(
+        "sample_cut_draw",
+        [](py::array probs, double top_p, double min_p, double u01, int64_t block_draw, py::array csum) {
+            check<float>(probs, "probs", {-1});
+            const int64_t n = probs.shape(0);
+            if (n < 1) throw py::value_error("probs: expected at least one probability");
+            check<double>(csum, "csum", {-1}, true);
+            if (csum.shape(0) < n) throw py::value_error("csum: expected at least len(probs) entries");
+            py::gil_scoped_release nogil;
+            return sample_cut_draw(cst<float>(probs), n, top_p, min_p, u01, block_draw, mut<double>(csum));
+        },
+        py::arg("probs"), py::arg("top_p"), py::arg("min_p"), py::arg("u01"), py::arg("block_draw"),
+        py::arg("csum"));
 }

@@ -89,6 +89,7 @@ class Linear:
         self.in_norm = t.get(name + ".in_norm")  # f32 [K] or None
         self.packed = {a.weight_format: self.weight}     # layout -> weights (runtime/kernel_choice.py)
         self.plan = (a.weight_format,) * len(kernel_choice.BUCKETS)  # layout per M bucket
+        self.fused = {}  # layout -> (packed list, scales) of the fused call this Linear leads
 
 
 class Layer:
@@ -171,6 +172,9 @@ class Model:
     def choose_kernels(self, settings=None):
         """(Re)choose each linear's layout per token-count bucket for the active ISA and thread
         count (runtime/kernel_choice.py; settings None: from the environment)."""
+        for L in getattr(self, "layers", ()):  # the fused calls' arguments follow the new plan
+            for lin in (L.q, L.k, L.v, L.o, L.gate, L.up, L.down):
+                lin.fused = {}
         return kernel_choice.choose(self, settings) if self.ternary else None
 
     # -- one batch of T tokens at positions pos .. pos + T - 1 --------------------------------
@@ -194,9 +198,12 @@ class Model:
             q, s = K.rmsnorm_quantize_rows(x, norm, a.norm_eps, q=b.qi8[d], act_scale=b.act_scale)
         else:
             q, s = K.quantize_rows(x, q=b.qi8[d], act_scale=b.act_scale)
-        # q/k/v and gate/up share their input: one fused call, one wake of the thread pool
-        K.ternary_linear_fused(fmt, [lin.packed[fmt] for lin in linears], linears[0].k, q, s,
-                               [lin.scale for lin in linears], self.divide, outs=list(outs))
+        # q/k/v and gate/up share their input: one fused call, one wake of the thread pool.
+        # Its weight and scale lists are made once per layout (this runs 4x per layer per token).
+        args = linears[0].fused.get(fmt)
+        if args is None:
+            args = linears[0].fused[fmt] = ([lin.packed[fmt] for lin in linears], [lin.scale for lin in linears])
+        K.ternary_linear_fused(fmt, args[0], linears[0].k, q, s, args[1], self.divide, outs=outs)
 
     def run_layers(self, b, t: int, cos, sin, spans) -> None:
         """All layers over the first t rows of the buffers b (make_buffers / rows). Public: the

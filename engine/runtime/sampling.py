@@ -159,6 +159,11 @@ def draw(weights: np.ndarray, rng: np.random.Generator) -> int:
     """Index drawn with probability proportional to weights (non-negative, not all 0), from one
     uniform number. Long arrays go through per-block sums: a cumsum of the whole vocabulary is
     ~20x slower than a sum."""
+    return _draw_u(weights, rng.random)
+
+
+def _draw_u(weights: np.ndarray, uniform) -> int:
+    """draw() with uniform() giving its one uniform number in [0, 1) (called once)."""
     n = weights.shape[0]
     base = 0
     if n > 4 * _BLOCK:
@@ -167,7 +172,7 @@ def draw(weights: np.ndarray, rng: np.random.Generator) -> int:
         sums[:nb] = weights[:nb * _BLOCK].reshape(nb, _BLOCK).sum(axis=1)
         sums[nb] = weights[nb * _BLOCK:].sum()
         c = np.cumsum(sums)
-        u = rng.random() * c[-1]
+        u = uniform() * c[-1]
         b = min(int(np.searchsorted(c, u, side="right")), nb)
         if b:
             u -= c[b - 1]
@@ -177,7 +182,7 @@ def draw(weights: np.ndarray, rng: np.random.Generator) -> int:
         u = None
     c = np.cumsum(weights, dtype=np.float64)
     if u is None:
-        u = rng.random() * c[-1]
+        u = uniform() * c[-1]
     return base + min(int(np.searchsorted(c, u, side="right")), weights.shape[0] - 1)
 
 
@@ -272,6 +277,8 @@ class _Window:
     and the count of every id in it (int32[vocab]), updated with only the ids appended since the
     last call: O(1) numpy-scalar work per generated token."""
 
+    EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int32))  # no window: (ids, counts)
+
     def __init__(self, n: int, vocab: int):
         self.n, self.vocab = n, vocab
         self.ring = np.zeros(n, np.int64)       # (n,) ids in the window, in no order
@@ -306,6 +313,42 @@ class _Window:
         return w, self.counts[w]
 
 
+class _FastTopK:
+    """Sampler.next's top-k path in two kernel calls (csrc/sample.cpp): penalties over the window
+    and the top-k candidates scaled by the temperature, then numpy's exp of those (not libm's:
+    the same float32 values as _select's), then the top-p / min-p cut and the draw from one
+    uniform of the same Generator. Each float operation is _select's and sample()'s, so a seed
+    gives the same tokens."""
+
+    def __init__(self, params: SamplingParams, vocab: int):
+        from engine import kernels  # not at import: `import engine` stays cheap
+        self.top_k, self.kern = params.top_k, kernels
+        self.pen = (params.repetition_penalty, params.frequency_penalty, params.presence_penalty)
+        self.inv_t = np.float32(1.0 / params.temperature)  # as _select's
+        self.top_p, self.min_p = params.top_p, params.min_p
+        self.work = np.empty(vocab, np.float32)   # (vocab,) penalized logits
+        self.ids = np.empty(vocab, np.int64)      # (vocab,) candidate ids, best first
+        self.scaled = np.empty(vocab, np.float32)  # (vocab,) candidates' scaled logits, then exp
+        self.csum = np.empty(vocab, np.float64)   # (vocab,) running sum of the weights
+
+    def __call__(self, logits, w, counts, rng):
+        """The next token, or None for a NaN logit (the numpy path decides then; nothing drawn)."""
+        rep, freq, pres = self.pen
+        n = self.kern.sample_top_k(logits, w, counts, rep, freq, pres, self.top_k, self.inv_t,
+                                   self.work, self.ids, self.scaled)
+        if n < 0:
+            return None
+        probs = np.exp(self.scaled[:n], out=self.scaled[:n])  # unnormalized: probs[0] = 1
+        u = rng.random()
+        i = self.kern.sample_cut_draw(probs, self.top_p, self.min_p, u, 4 * _BLOCK, self.csum)
+        if i == -2:
+            raise ValueError("no token left to sample: the probabilities are NaN")
+        if i == -1:  # more than 4 blocks without top-p: draw()'s per-block sums, the same uniform
+            keep = min(n, int(np.count_nonzero(probs >= self.min_p * probs[0]))) if self.min_p > 0 else n
+            i = _draw_u(probs[:keep], lambda: u)
+        return int(self.ids[i])
+
+
 class Sampler:
     """SamplingParams + a seeded Generator + reusable scratch for one vocabulary size, and the
     penalty window kept up to date one token at a time (see next())."""
@@ -317,6 +360,9 @@ class Sampler:
         self.scratch = np.empty(vocab_size, np.float32)  # (vocab,)
         self._penalized = None                           # (vocab,) penalized logits, on first use
         self._window = _Window(params.repeat_last_n, vocab_size) if params.penalized else None
+        # the top-k path in C++, unless a subclass replaced __call__ (next() must go through it)
+        fast = not params.greedy and 0 < params.top_k < vocab_size and type(self).__call__ is Sampler.__call__
+        self._fast = _FastTopK(params, vocab_size) if fast else None
 
     def __call__(self, logits: np.ndarray, recent_ids=()) -> int:
         return sample(logits, self.params, self.rng, recent_ids, self.work, self.scratch)
@@ -325,6 +371,11 @@ class Sampler:
         """The next token after ids (prompt + generated so far): the one sampling step of every
         decode loop (Engine.generate_ids, Batch). Equal to self(logits, ids[-repeat_last_n:]),
         with the window's counts updated by the new ids only."""
+        if self._fast is not None and logits.dtype == np.float32 and logits.flags.c_contiguous:
+            w, counts = self._window.update(ids) if self._window is not None else _Window.EMPTY
+            token = self._fast(logits, w, counts, self.rng)
+            if token is not None:
+                return token
         if self._window is None:
             return self(logits)
         w, counts = self._window.update(ids)
