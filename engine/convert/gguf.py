@@ -205,6 +205,10 @@ def _config(f: _File) -> dict:
     rope_scaling = _rope_scaling(f, head_dim)
     if "token_embd.weight" not in tensors:
         raise ConvertError(f"{path}: missing tensor 'token_embd.weight'")
+    embd = [int(d) for d in tensors["token_embd.weight"].shape]  # GGUF order: [hidden, vocab]
+    if len(embd) != 2 or embd[0] != hidden or embd[1] <= 0:
+        raise ConvertError(f"{path}: token_embd.weight has shape {embd}, not [{hidden}, vocab] "
+                           f"(embedding_length {hidden})")
     config = {
         "format_version": tpk.FORMAT_VERSION, "architecture": "llama" if arch == "llama" else "bitnet",
         "hidden_size": hidden, "intermediate_size": inter, "num_layers": layers, "num_heads": heads,

@@ -54,6 +54,9 @@ class SrcTensor:
 
     def row_chunks(self):
         rows = self.shape[0] if self.shape else 1
+        if self.size == 0:  # a 0 in another dim: one empty chunk, not `rows` of them (fuzzer: 7e16 rows)
+            yield slice(0, rows)
+            return
         step = max(1, CHUNK_ELEMS // max(1, self.size // max(rows, 1)))
         for r0 in range(0, rows, step):
             yield slice(r0, min(rows, r0 + step))
