@@ -22,6 +22,7 @@ Clients use the `openai` package with stream=True and the server's extensions ig
 tokenizer cannot spell most of its ids, so text would hide mismatches).
 """
 import argparse
+import collections
 import concurrent.futures
 import json
 import os
@@ -92,6 +93,8 @@ def start_cluster(model, port, args, max_batch, replicas):
     log = open(os.path.join(tmp, "serve.log"), "w+")
     cmd = _server_cmd(model, port, args, max_batch) + ["--replicas", str(replicas), "--threads",
                                                         str(args.threads or 1)]
+    if args.stream_interval is not None:
+        cmd += ["--stream-interval", str(args.stream_interval)]
     proc = subprocess.Popen(cmd, env=_env(RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0"), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while True:
@@ -155,7 +158,9 @@ def time_clients(client, model_id, prompts, refs, c: int, tokens: int) -> dict:
     return {"clients": c, "aggregate_tps": total / wall,
             "per_client_tps": statistics.mean(len(i) / s for i, _, s in results),
             "ttft_s": statistics.median(t for _, t, _ in results), "identical": same, "wall_s": wall,
-            "replicas_used": len(set(REPLICAS_SEEN))}
+            "replicas_used": len(set(REPLICAS_SEEN)),
+            # streams per replica, most first ([2, 2]: 4 clients spread evenly)
+            "split": sorted(collections.Counter(REPLICAS_SEEN).values(), reverse=True)}
 
 
 def parse_args(argv=None):
@@ -175,6 +180,8 @@ def parse_args(argv=None):
                                                          "variants alternating (default 1)")
     p.add_argument("--control", action="store_true",
                    help="with --replicas: also time R plain processes (no server) decoding at once")
+    p.add_argument("--stream-interval", type=float, default=None, metavar="S",
+                   help="with --replicas: the servers' --stream-interval (default: theirs)")
     p.add_argument("--json", help="write the results here as JSON")
     return p.parse_args(argv)
 
@@ -208,7 +215,7 @@ def run_replicas(args, model, prompts, counts):
                     rows.append({"replicas": r, "round": rnd, **row})
                     ok &= row["identical"]
                     print(f"round {rnd} replicas {r} clients {c}: {row['aggregate_tps']:.2f} tok/s, "
-                          f"streams answered by {row['replicas_used']} replica(s), identical {row['identical']}",
+                          f"streams per replica {row['split']}, identical {row['identical']}",
                           flush=True)
             finally:
                 stop(proc, tmp)

@@ -32,6 +32,7 @@ PROMPTS = ["Once upon a time", "The cat liked to sleep in the sun", "x", "Number
            "They played together every day", "The quick brown fox"]
 BODY = {"model": MODEL_ID, "max_tokens": 160, "temperature": 0, "ignore_eos": True}
 KEY, MAX_TOKENS = "cluster-test-key", 200   # --api-key and --max-tokens, forwarded to every replica
+KV_DTYPE = "f32"   # --kv-dtype, not the default: /health shows each replica got it
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = [{"role": "user", "content": "Tell me a story about a cat."}]
 
@@ -49,7 +50,7 @@ def reference(model_path):
     from engine.runtime.batch import Batch
     from engine.serve.server import create_app
 
-    eng = Engine(model_path, threads=1, ctx=CTX)
+    eng = Engine(model_path, threads=1, ctx=CTX, kv_dtype=KV_DTYPE)
     with TestClient(create_app(eng, Batch(eng.model, max_batch=MAX_BATCH, max_queue=8), MODEL_ID)) as c:
         deadline = time.monotonic() + 30
         while c.get("/health").status_code != 200:
@@ -88,7 +89,7 @@ def cluster_server(model_path, tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "engine.serve", model_path, "--replicas", "2", "--threads", "1",
                              "--max-batch", str(MAX_BATCH), "--queue", str(QUEUE), "--ctx", str(CTX),
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                             "--api-key", KEY, "--max-tokens", str(MAX_TOKENS)],
+                             "--api-key", KEY, "--max-tokens", str(MAX_TOKENS), "--kv-dtype", KV_DTYPE],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -143,10 +144,15 @@ def _at_once(fn, base, prompts):
 
 
 def test_health_and_models_through_the_proxy(cluster_server):
+    """/health answers ok on both replicas, each with the --kv-dtype given."""
     base, _, _ = cluster_server
-    h = httpx.get(base + "/health", timeout=10)
-    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["slots"] == MAX_BATCH
-    assert h.headers[cluster.REPLICA_HEADER]
+    seen = set()
+    for _ in range(12):
+        h = httpx.get(base + "/health", timeout=10)
+        assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["slots"] == MAX_BATCH
+        assert h.json()["kv_dtype"] == KV_DTYPE
+        seen.add(h.headers[cluster.REPLICA_HEADER])
+    assert len(seen) == 2
     assert [m["id"] for m in httpx.get(base + "/v1/models", headers=AUTH, timeout=10).json()["data"]] == [MODEL_ID]
 
 
@@ -218,6 +224,13 @@ def test_options_take_serve_run_strings_and_refuse_bad_ones():
     assert opts["api_key"] == "k" and opts["body_timeout"] == 2.5 and opts["max_tokens"] == 64
     with pytest.raises(ValueError, match="body_timeout must be > 0"):
         cluster.options({"body_timeout": "0"})
+    opts = cluster.options({"kv_dtype": "int8", "stream_interval": "0"})
+    assert opts["kv_dtype"] == "int8" and opts["stream_interval"] == 0.0
+    assert cluster.options({})["kv_dtype"] is None   # the engine's default
+    with pytest.raises(ValueError, match="unknown KV cache dtype 'f8'"):
+        cluster.options({"kv_dtype": "f8"})
+    with pytest.raises(ValueError, match="stream_interval must be >= 0"):
+        cluster.options({"stream_interval": "-0.1"})
 
 
 def test_server_flags_the_replicas_would_not_apply_are_refused():
@@ -225,6 +238,7 @@ def test_server_flags_the_replicas_would_not_apply_are_refused():
     silently dropped; a key counts even at its default (read from the environment)."""
     p = cluster.parser()
     assert cluster.unforwarded(p, p.parse_args(["--replicas", "2", "--threads", "1", "--max-batch", "4"])) == []
+    assert cluster.unforwarded(p, p.parse_args(["--replicas", "2", "--kv-dtype", "int8"])) == []   # forwarded
     p.add_argument("--test-only-timeout", type=float, default=30.0)   # stand-ins for flags a server
     p.add_argument("--test-only-key", default="from-env")             # may gain later
     args = p.parse_args(["--replicas", "2", "--test-only-timeout", "5"])

@@ -14,6 +14,8 @@ answered. Each replica asks Ray for --threads CPUs (num_cpus), so Ray places rep
 that many cores are free and a replica's kernels run that many threads; a replica warms up
 (one forward) before Ray routes requests to it. A replica takes max-batch + queue requests
 at once (max_ongoing_requests); beyond that requests wait in Ray's router, not in a 429.
+A replica sends a stream's events at most once per stream_interval (coalesce.py): each send
+is a Ray message through the proxy, and one per token took CPU from the kernels.
 """
 import logging
 import os
@@ -24,9 +26,25 @@ import threading
 log = logging.getLogger("ternary.cluster")
 REPLICA_HEADER = "x-ternary-replica"
 APP_NAME = "ternary"
+# Ray Serve settings for a replica: run the app on the replica's own event loop, not a second
+# one in another thread (every streamed chunk would hop between the two loops and threads,
+# taking the GIL from the engine thread each time). The app blocks no loop: tokenizing runs
+# in a worker thread, the kernels in the engine thread.
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+# ... and for the HTTP proxy of a local cluster this process starts: route on the proxy's
+# loop instead of a router loop in a thread of its own (one thread hop less per request and
+# per streamed chunk).
+PROXY_ENV = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# Each ASGI send of a replica is a Ray message to the proxy and a write there: one per token
+# costs both CPU the replicas' kernels need (benchmarks/RESULTS.md, "Ray Serve"). 50 ms of
+# tokens per chunk is below what a reader sees; the first token still goes out at once.
+STREAM_INTERVAL_S = 0.05
 # build_app's options: name -> (type, default); the CLI's flags of the same names.
 OPTIONS = {"model": (str, None), "replicas": (int, 1), "threads": (int, 1), "ctx": (int, None),
            "max_batch": (int, 8), "queue": (int, 64), "prefill_chunk": (int, None), "model_name": (str, None),
+           "kv_dtype": (str, None),   # None: the engine's default (kvcache.DEFAULT_KV_DTYPE)
+           # seconds a replica gathers a stream's SSE events into one body chunk (0: one per event)
+           "stream_interval": (float, STREAM_INTERVAL_S),
            # the safety settings (server.Limits; None: the server's default) and the SIGTERM drain,
            # which Ray applies per replica (graceful_shutdown_timeout_s)
            "api_key": (str, None), "max_body_bytes": (int, None), "body_timeout": (float, None),
@@ -60,13 +78,17 @@ def replica_app(opts: dict, replica: str):
     from engine.runtime.batch import DEFAULT_PREFILL_CHUNK, Batch
     from engine.serve.server import Limits, create_app, model_id_of, warm_up
 
-    engine = Engine(opts["model"], threads=opts["threads"], ctx=opts["ctx"])
+    from engine.serve.coalesce import CoalesceBody
+
+    kv = {} if opts["kv_dtype"] is None else {"kv_dtype": opts["kv_dtype"]}
+    engine = Engine(opts["model"], threads=opts["threads"], ctx=opts["ctx"], **kv)
     warm_up(engine)
     batch = Batch(engine.model, max_batch=opts["max_batch"], max_queue=opts["queue"],
                   prefill_chunk=opts["prefill_chunk"] or DEFAULT_PREFILL_CHUNK)
     model_id = model_id_of(engine, opts["model_name"])
     limits = Limits(**{k: opts[k] for k in LIMIT_OPTIONS if opts[k] is not None})
     app = create_app(engine, batch, model_id, warmup=lambda e: None, limits=limits)   # warmed up above
+    app.add_middleware(CoalesceBody, interval=opts["stream_interval"])
     app.add_middleware(ReplicaHeader, replica=replica)
     log.info("replica %s: model %s, %d threads", replica, model_id, opts["threads"])
     return app
@@ -87,10 +109,13 @@ def options(args: dict) -> dict:
             except (TypeError, ValueError):
                 raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
                                  f"got {v!r}") from None
-            low = 0 if name in ("queue", "shutdown_timeout") else 1
+            low = 0 if name in ("queue", "shutdown_timeout", "stream_interval") else 1
             if v < low or (name == "body_timeout" and not v > 0):
                 raise ValueError(f"{name} must be {'> 0' if name == 'body_timeout' else f'>= {low}'}, got {v}")
         out[name] = v
+    if out["kv_dtype"] is not None:
+        from engine.runtime.kvcache import check_kv_dtype
+        check_kv_dtype(out["kv_dtype"])   # ValueError naming the choices
     return out
 
 
@@ -121,7 +146,9 @@ def build_app(args: dict | None = None):
     opts = options(dict(args or {}))
     opts["api_key"] = opts["api_key"] or os.environ.get("TERNARY_API_KEY") or None  # as the server does
     cls = serve.deployment(name="TernaryServe", num_replicas=opts["replicas"],
-                           ray_actor_options={"num_cpus": opts["threads"]},
+                           ray_actor_options={"num_cpus": opts["threads"],
+                                              "runtime_env": {"env_vars": REPLICA_ENV}},
+                           logging_config={"enable_access_log": False},   # a log line per request
                            graceful_shutdown_timeout_s=opts["shutdown_timeout"],
                            max_ongoing_requests=opts["max_batch"] + opts["queue"])(_deployment())
     return cls.bind({k: v for k, v in opts.items() if k != "replicas"})
@@ -146,6 +173,9 @@ def parser():
     g.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="the Ray cluster to join (\"auto\": the one `ray start` made on this machine; "
                         "host:6379 another head); default: start a local one for this process")
+    g.add_argument("--stream-interval", type=float, default=STREAM_INTERVAL_S, metavar="S",
+                   help="seconds a replica gathers a stream's events into one chunk through Ray's proxy "
+                        f"(default {STREAM_INTERVAL_S:g}; the first token goes out at once; 0: one per token)")
     return p
 
 
@@ -192,6 +222,8 @@ def _serve(ray, serve, args, opts) -> int:
     local = args.ray_address is None
     if local:   # Ray runs workers at nice 15 by default: replicas would lose the CPU to anything else
         os.environ.setdefault("RAY_worker_niceness", "0")
+        for k, v in PROXY_ENV.items():
+            os.environ.setdefault(k, v)
     # Ray puts the driver's working directory first on every worker's sys.path: started inside a
     # source checkout, replicas would import its engine/ (no compiled kernels) instead of the
     # installed one. So the driver runs from the installed package's parent directory.

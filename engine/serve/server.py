@@ -655,7 +655,8 @@ def _add_info_routes(app, srv) -> None:
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
         occ = srv.batch.occupancy()
         ok = occ["engine_alive"]
-        occ.update(in_flight=srv.in_flight.active, max_in_flight=srv.in_flight.limit)
+        occ.update(in_flight=srv.in_flight.active, max_in_flight=srv.in_flight.limit,
+                   kv_dtype=srv.batch.caches[0].dtype)
         return JSONResponse({"status": "ok" if ok else "error", "model": srv.model_id, "ctx": srv.ctx, **occ},
                             status_code=200 if ok else 503)
 
