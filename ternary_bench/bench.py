@@ -584,10 +584,10 @@ def gguf_bytes_per_token(path: str) -> tuple[int, int, float]:
     return lin_bytes + head[2], os.path.getsize(path), 8.0 * lin_bytes / n_weights
 
 
-# peer engines built from source: {name: (ternary quant types for llama-quantize)}. ik_llama.cpp's
-# IQ2_BN is 2 bits/weight (its fastest), IQ1_BN 1.625 (its smallest); both work on the llama.cpp
-# "bitnet" graph of our F16 GGUF.
-PEER_TYPES = {"llama.cpp": ("TQ2_0", "TQ1_0"), "ik_llama.cpp": ("IQ2_BN", "IQ1_BN")}
+# peer engines built from source: {name: (cache file prefix, ternary quant types for its
+# llama-quantize)}. ik_llama.cpp's IQ2_BN is 2 bits/weight (its fastest), IQ1_BN 1.625 (its
+# smallest); both work on the llama.cpp "bitnet" graph of our F16 GGUF.
+PEERS = {"llama.cpp": ("", ("TQ2_0", "TQ1_0")), "ik_llama.cpp": ("ik-", ("IQ2_BN", "IQ1_BN"))}
 
 
 def llama_cpp_models(f16_tpk: str, quantize: str, label: str, peer: str = "llama.cpp") -> dict:
@@ -599,8 +599,8 @@ def llama_cpp_models(f16_tpk: str, quantize: str, label: str, peer: str = "llama
     if not os.path.exists(base) or os.path.getmtime(base) < os.path.getmtime(f16_tpk):
         write_gguf(f16_tpk, base)
     out = {f"{peer} F16": base}
-    prefix = "" if peer == "llama.cpp" else "ik-"
-    for q in PEER_TYPES[peer]:
+    prefix, types = PEERS[peer]
+    for q in types:
         path = os.path.join(root, f"{label}-{prefix}{q.lower()}.gguf")
         if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(base):
             r = subprocess.run([quantize, base, path + ".partial", q], capture_output=True, text=True)
@@ -1132,7 +1132,8 @@ def _peer_binaries(args) -> dict:
         if not os.access(quantize, os.X_OK):
             quantize = shutil.which("llama-quantize") if peer == "llama.cpp" else None
         if not quantize:
-            raise BenchError(f"{peer}'s llama-quantize not found next to {bench}")
+            hint = ": pass --llama-quantize PATH" if peer == "llama.cpp" else f" next to {bench}"
+            raise BenchError(f"{peer}'s llama-quantize not found{hint}")
         out[peer] = (bench, quantize)
     return out
 

@@ -212,7 +212,7 @@ def _config(f: _File) -> dict:
     config = {
         "format_version": tpk.FORMAT_VERSION, "architecture": "llama" if arch == "llama" else "bitnet",
         "hidden_size": hidden, "intermediate_size": inter, "num_layers": layers, "num_heads": heads,
-        "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": int(tensors["token_embd.weight"].shape[1]),
+        "num_kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": embd[1],
         "max_position": int(meta(f"{arch}.context_length", 2048)),
         "rms_norm_eps": _f32(meta(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         "rope_theta": _f32(meta(f"{arch}.rope.freq_base", 10000.0)), "rope_style": "neox",
